@@ -1,0 +1,87 @@
+# sbx - one Makefile.  `make run` and `make test` install missing Debian
+# packages first (scripts/deps.sh), then build.
+#
+#   make            build sbxd and sbx-agent into build/
+#   make run        start sbxd on 127.0.0.1:7070 with data in ./var
+#   make test       unit (Check) + integration tests against a real sbxd
+#   make asan       the same tests with ASan+UBSan binaries (build-asan/)
+#   make bench      the benchmark table
+
+BUILD  ?= build
+CC     ?= gcc
+SAN    ?=
+PKGS   := libmicrohttpd libwebsockets jansson sqlite3 libseccomp
+WARN   := -Wall -Wextra -Wshadow -Wpointer-arith -Wformat=2 -Wstrict-prototypes \
+          -Wmissing-prototypes -Werror=implicit-function-declaration -Werror=return-type \
+          -Werror=format-security -Wno-unused-parameter
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 $(WARN) -D_GNU_SOURCE -MMD -MP $(SAN)
+CPPFLAGS += -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+LDFLAGS += $(SAN)
+
+# everything but main()s goes into one static library (crun's libcrun style)
+CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent/proto.c
+CORE_SRC := $(filter-out %main.c,$(CORE_SRC))
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+all: $(BUILD)/sbxd $(BUILD)/sbx-agent $(BUILD)/sbx-launch
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libsbxcore.a: $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/sbxd: $(BUILD)/server/main.o $(BUILD)/libsbxcore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# the ns driver's launcher: sbxd runs it (fork+exec, never fork alone in a
+# threaded server) to build a sandbox's namespaces and start its agent
+$(BUILD)/sbx-launch: $(BUILD)/vmm/launch_main.o $(BUILD)/libsbxcore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The agent is PID 1 inside every sandbox: a static binary so that it runs on
+# any image.  It links jansson statically (see README, "Architecture").
+$(BUILD)/sbx-agent: $(AGENT_SRC) $(wildcard agent/*.h common/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -g $(WARN) -D_GNU_SOURCE -I. -static -o $@ $(AGENT_SRC) \
+	    -Wl,-Bstatic -ljansson
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsbxcore.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsbxcore.a \
+	    $(shell pkg-config --libs check) $(LDLIBS)
+
+deps:
+	@scripts/deps.sh
+
+run: deps all
+	@mkdir -p var/images
+	$(BUILD)/sbxd --listen 127.0.0.1:7070 --data-dir ./var
+
+unit: all $(UNIT_BIN)
+
+test: deps
+	$(MAKE) all unit
+	BUILD=$(BUILD) tests/run.sh
+
+asan: deps
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    CFLAGS="-O1 -g" all unit
+	BUILD=build-asan ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
+
+bench: deps all
+	BUILD=$(BUILD) bench/run.sh
+
+clean:
+	rm -rf build build-asan
+
+.PHONY: all deps run unit test asan bench clean
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
