@@ -23,7 +23,7 @@ LDFLAGS += $(SAN)
 # everything but main()s goes into one static library (crun's libcrun style)
 CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent/proto.c
 CORE_SRC := $(filter-out %main.c,$(CORE_SRC))
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/openapi.o
 AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -33,6 +33,14 @@ all: $(BUILD)/sbxd $(BUILD)/sbx-agent $(BUILD)/sbx-launch
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# the OpenAPI document is compiled in, YAML as written and converted to JSON
+$(BUILD)/gen/openapi.c: openapi/openapi.yaml scripts/embed_openapi.py
+	@mkdir -p $(dir $@)
+	/usr/bin/python3 scripts/embed_openapi.py $< $@
+
+$(BUILD)/gen/openapi.o: $(BUILD)/gen/openapi.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/libsbxcore.a: $(CORE_OBJ)
 	@rm -f $@

@@ -23,6 +23,7 @@ static const struct {
     [SBX_E_INTERNAL] = {"internal", 500},
     [SBX_E_CAPACITY] = {"capacity", 503},
     [SBX_E_EXEC_TIMEOUT] = {"exec_timeout", 504},
+    [SBX_E_NOT_IMPLEMENTED] = {"not_implemented", 501},
 };
 
 static int vfail(sbx_err *err, sbx_err_kind kind, int errnum, const char *field,

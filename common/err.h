@@ -28,6 +28,7 @@ typedef enum sbx_err_kind {
   SBX_E_INTERNAL,          /* 500 */
   SBX_E_CAPACITY,          /* 503 */
   SBX_E_EXEC_TIMEOUT,      /* 504 */
+  SBX_E_NOT_IMPLEMENTED,   /* 501: a route of a later version (the /ws side for now) */
   SBX_E__COUNT
 } sbx_err_kind;
 

@@ -1,0 +1,47 @@
+/* routes.h - the route table: every REST route sbxd serves, in one place.
+ * tests/integration compares it (through the server) with openapi.yaml. */
+#ifndef SBX_ROUTES_H
+#define SBX_ROUTES_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../server/http.h"
+
+/* body: the parsed JSON object for routes that take one (NULL otherwise). */
+typedef enum MHD_Result (*route_fn)(http_req *r, json_t *body);
+
+typedef struct route {
+  const char *method;
+  const char *path; /* segments; "{}" matches one non-empty segment */
+  route_fn fn;
+  bool takes_body;
+} route;
+
+extern const route routes_table[];
+extern const size_t routes_count;
+
+/* handlers, one file per resource */
+enum MHD_Result route_health(http_req *r, json_t *body);
+enum MHD_Result route_version(http_req *r, json_t *body);
+enum MHD_Result route_openapi_json(http_req *r, json_t *body);
+enum MHD_Result route_openapi_yaml(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_create(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_list(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_get(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_delete(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_stop(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_start(http_req *r, json_t *body);
+enum MHD_Result route_exec(http_req *r, json_t *body);
+enum MHD_Result route_shell(http_req *r, json_t *body);
+enum MHD_Result route_exec_list(http_req *r, json_t *body);
+enum MHD_Result route_exec_get(http_req *r, json_t *body);
+
+/* Recover at start: re-link running sandboxes, mark the others stopped. */
+void sandboxes_recover(void);
+
+/* Paging parameters shared by list routes: limit (default 50, 1..500) and cursor. */
+int route_paging(http_req *r, int *limit, const char **cursor, sbx_err *err);
+
+#endif

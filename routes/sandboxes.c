@@ -1,0 +1,324 @@
+/* sandboxes.c - the sandbox routes and their lifecycle.
+ *
+ * Lifecycle changes of one sandbox (create, stop, start, delete) are
+ * serialized by a striped lock keyed on the sandbox id, so a stop cannot
+ * interleave with a start of the same sandbox.  They run in the MHD worker
+ * thread: the driver calls block for milliseconds, and linking to the agent
+ * is a short loop_call. */
+#include <pthread.h>
+#include <string.h>
+
+#include "../common/util.h"
+#include "../server/server.h"
+#include "../store/store.h"
+#include "request.h"
+#include "routes.h"
+
+#define STRIPES 64
+static pthread_mutex_t stripes[STRIPES] = {[0 ... STRIPES - 1] = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_mutex_t *stripe(const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = id; *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  return &stripes[h % STRIPES];
+}
+
+static void unlockp(pthread_mutex_t **m) {
+  if (*m)
+    pthread_mutex_unlock(*m);
+}
+#define cleanup_unlock __attribute__((cleanup(unlockp)))
+
+static pthread_mutex_t *lock_sandbox(const char *id) {
+  pthread_mutex_t *m = stripe(id);
+  pthread_mutex_lock(m);
+  return m;
+}
+
+static void decrefp(json_t **j) { json_decref(*j); }
+#define cleanup_json __attribute__((cleanup(decrefp)))
+
+static const char *sb_id(json_t *sb) { return json_string_value(json_object_get(sb, "id")); }
+
+static int link_job(json_t *sb, loop_job_kind kind, sbx_err *err) {
+  loop_job job = {.kind = kind, .sandbox = sb, .fd = -1};
+  if (loop_call(g_server->loop, &job) < 0) {
+    if (err)
+      *err = job.err;
+    return -1;
+  }
+  return 0;
+}
+
+/* Stop a sandbox's processes, keep its layer; records end as killed. */
+static int sandbox_stop_locked(store *st, json_t *sb, sbx_err *err) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  store_sandbox_set_state(st, sb_id(sb), "stopping", NULL, NULL);
+  int rc = g_server->driver->stop(&spec, err);
+  link_job(sb, LOOP_JOB_UNLINK, NULL);
+  store_exec_end_running(st, sb_id(sb), "killed", NULL);
+  if (rc < 0) {
+    store_sandbox_set_state(st, sb_id(sb), "failed", err->msg, NULL);
+    return -1;
+  }
+  return store_sandbox_set_state(st, sb_id(sb), "stopped", NULL, err);
+}
+
+/* Start (again) and wait for the agent's hello; a failure leaves nothing
+ * running and the record "failed" with the reason. */
+static int sandbox_start_locked(store *st, json_t *sb, sbx_err *err) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  pid_t pid;
+  if (g_server->driver->start(&spec, &pid, err) < 0 || link_job(sb, LOOP_JOB_LINK, err) < 0) {
+    sbx_err ignored;
+    g_server->driver->stop(&spec, &ignored);
+    link_job(sb, LOOP_JOB_UNLINK, NULL);
+    store_sandbox_set_state(st, sb_id(sb), "failed", err->msg, NULL);
+    log_error("sandbox=%s start failed: %s", sb_id(sb), err->msg);
+    return -1;
+  }
+  log_info("sandbox=%s running agent_pid=%d", sb_id(sb), (int)pid);
+  return store_sandbox_set_state(st, sb_id(sb), "running", NULL, err);
+}
+
+static int sandbox_remove_locked(store *st, json_t *sb, sbx_err *err) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  int rc = g_server->driver->destroy(&spec, err);
+  link_job(sb, LOOP_JOB_UNLINK, NULL);
+  if (rc < 0)
+    return -1;
+  return store_sandbox_delete(st, sb_id(sb), err);
+}
+
+/* Look up {ref}; on failure the reply is already queued and *ret is set. */
+static json_t *lookup(http_req *r, store *st, enum MHD_Result *ret) {
+  json_t *sb = NULL;
+  sbx_err err;
+  if (!st) {
+    *ret = http_reply_fail(r, SBX_E_INTERNAL, "database unavailable");
+    return NULL;
+  }
+  if (store_sandbox_get(st, r->params[0], &sb, &err) < 0) {
+    *ret = http_reply_error(r, &err, NULL);
+    return NULL;
+  }
+  return sb;
+}
+
+/* Re-read after a change so the reply shows what the database holds. */
+static enum MHD_Result reply_sandbox(http_req *r, store *st, const char *id, int status) {
+  json_t *sb = NULL;
+  sbx_err err;
+  if (store_sandbox_get(st, id, &sb, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  return http_reply_json(r, status, sb);
+}
+
+enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
+  store *st = store_thread();
+  if (!st)
+    return http_reply_fail(r, SBX_E_INTERNAL, "database unavailable");
+  char id[32];
+  sbx_new_id("sbx_", id, sizeof id);
+  bool replace = false;
+  sbx_err err;
+  cleanup_json json_t *sb = sandbox_request_parse(body, id, sbx_now_ms(), &replace, &err);
+  if (!sb)
+    return http_reply_error(r, &err, NULL);
+  const char *name = json_string_value(json_object_get(sb, "name"));
+  if (replace) {
+    cleanup_json json_t *old = NULL;
+    if (store_sandbox_get(st, name, &old, NULL) == 0) {
+      cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(old));
+      if (sandbox_remove_locked(st, old, &err) < 0 && err.kind != SBX_E_SANDBOX_NOT_FOUND)
+        return http_reply_error(r, &err, NULL);
+    }
+  }
+  cleanup_unlock pthread_mutex_t *m = lock_sandbox(id);
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  if (g_server->driver->create(&spec, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  if (store_sandbox_insert(st, sb, &err) < 0) {
+    sbx_err ignored;
+    g_server->driver->destroy(&spec, &ignored);
+    return http_reply_error(r, &err, NULL);
+  }
+  if (sandbox_start_locked(st, sb, &err) < 0)
+    return http_reply_error(r, &err, json_pack("{s:s}", "sandbox_id", id));
+  return reply_sandbox(r, st, id, 201);
+}
+
+enum MHD_Result route_sandbox_get(http_req *r, json_t *body) {
+  enum MHD_Result ret;
+  json_t *sb = lookup(r, store_thread(), &ret);
+  return sb ? http_reply_json(r, 200, sb) : ret;
+}
+
+int route_paging(http_req *r, int *limit, const char **cursor, sbx_err *err) {
+  const char *l = http_query(r, "limit");
+  *limit = 50;
+  if (l) {
+    char *end;
+    long v = strtol(l, &end, 10);
+    if (!*l || *end || v < 1 || v > 500)
+      return sbx_fail_field(err, "limit", "limit must be an integer from 1 to 500");
+    *limit = (int)v;
+  }
+  *cursor = http_query(r, "cursor");
+  if (*cursor && !**cursor)
+    *cursor = NULL;
+  return 0;
+}
+
+typedef struct label_acc {
+  json_t *labels;
+  bool bad;
+} label_acc;
+
+static enum MHD_Result collect_label(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value) {
+  label_acc *acc = cls;
+  if (strcmp(key, "label") != 0)
+    return MHD_YES;
+  const char *eq = value ? strchr(value, '=') : NULL;
+  if (!eq || eq == value) {
+    acc->bad = true;
+    return MHD_NO;
+  }
+  char k[128];
+  snprintf(k, sizeof k, "%.*s", (int)(eq - value), value);
+  json_object_set_new(acc->labels, k, json_string(eq + 1));
+  return MHD_YES;
+}
+
+static bool valid_state(const char *s, const char *const *states) {
+  for (; *states; states++)
+    if (strcmp(s, *states) == 0)
+      return true;
+  return false;
+}
+
+enum MHD_Result route_sandbox_list(http_req *r, json_t *body) {
+  static const char *const states[] = {"creating", "running", "stopping", "stopped", "failed", NULL};
+  store *st = store_thread();
+  if (!st)
+    return http_reply_fail(r, SBX_E_INTERNAL, "database unavailable");
+  sbx_err err;
+  int limit;
+  const char *cursor;
+  if (route_paging(r, &limit, &cursor, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  const char *state = http_query(r, "state");
+  if (state && !valid_state(state, states)) {
+    sbx_fail_field(&err, "state", "unknown state '%s'", state);
+    return http_reply_error(r, &err, NULL);
+  }
+  cleanup_json json_t *labels = json_object();
+  label_acc acc = {labels, false};
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, collect_label, &acc);
+  if (acc.bad) {
+    sbx_fail_field(&err, "label", "label filters look like label=key=value");
+    return http_reply_error(r, &err, NULL);
+  }
+  json_t *list = NULL;
+  char *next = NULL;
+  if (store_sandbox_list(st, state, json_object_size(labels) ? labels : NULL, limit, cursor, &list,
+                         &next, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  json_t *reply = json_pack("{s:o, s:s?}", "data", list, "next_cursor", next);
+  if (reply && !next)
+    json_object_set_new(reply, "next_cursor", json_null());
+  free(next);
+  return http_reply_json(r, 200, reply);
+}
+
+enum MHD_Result route_sandbox_stop(http_req *r, json_t *body) {
+  store *st = store_thread();
+  enum MHD_Result ret;
+  cleanup_json json_t *sb0 = lookup(r, st, &ret);
+  if (!sb0)
+    return ret;
+  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
+  cleanup_json json_t *sb = lookup(r, st, &ret); /* again, under the lock */
+  if (!sb)
+    return ret;
+  sbx_err err;
+  const char *state = json_string_value(json_object_get(sb, "state"));
+  if (strcmp(state, "stopped") != 0 && sandbox_stop_locked(st, sb, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  return reply_sandbox(r, st, sb_id(sb), 200);
+}
+
+enum MHD_Result route_sandbox_start(http_req *r, json_t *body) {
+  store *st = store_thread();
+  enum MHD_Result ret;
+  cleanup_json json_t *sb0 = lookup(r, st, &ret);
+  if (!sb0)
+    return ret;
+  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
+  cleanup_json json_t *sb = lookup(r, st, &ret);
+  if (!sb)
+    return ret;
+  sbx_err err;
+  const char *state = json_string_value(json_object_get(sb, "state"));
+  if (strcmp(state, "running") != 0 && sandbox_start_locked(st, sb, &err) < 0)
+    return http_reply_error(r, &err, json_pack("{s:s}", "sandbox_id", sb_id(sb)));
+  return reply_sandbox(r, st, sb_id(sb), 200);
+}
+
+enum MHD_Result route_sandbox_delete(http_req *r, json_t *body) {
+  store *st = store_thread();
+  enum MHD_Result ret;
+  cleanup_json json_t *sb0 = lookup(r, st, &ret);
+  if (!sb0)
+    return ret;
+  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
+  cleanup_json json_t *sb = lookup(r, st, &ret);
+  if (!sb)
+    return ret;
+  sbx_err err;
+  if (sandbox_remove_locked(st, sb, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  return http_reply_empty(r, 204);
+}
+
+void sandboxes_recover(void) {
+  store *st = store_thread();
+  if (!st)
+    return;
+  const char *cursor = NULL;
+  char *next = NULL;
+  do {
+    json_t *list = NULL;
+    if (store_sandbox_list(st, NULL, NULL, 500, cursor, &list, &next, NULL) < 0)
+      return;
+    size_t i;
+    json_t *sb;
+    json_array_foreach(list, i, sb) {
+      const char *state = json_string_value(json_object_get(sb, "state"));
+      if (strcmp(state, "stopped") == 0 || strcmp(state, "failed") == 0)
+        continue;
+      sbx_sandbox_spec spec;
+      server_sandbox_spec(sb, &spec);
+      sbx_err err;
+      if (g_server->driver->alive(&spec) && link_job(sb, LOOP_JOB_LINK, &err) == 0) {
+        if (strcmp(state, "running") != 0)
+          store_sandbox_set_state(st, sb_id(sb), "running", NULL, NULL);
+        log_info("sandbox=%s re-connected to its agent", sb_id(sb));
+        continue;
+      }
+      g_server->driver->stop(&spec, &err);
+      store_exec_end_running(st, sb_id(sb), "killed", NULL);
+      store_sandbox_set_state(st, sb_id(sb), "stopped", NULL, NULL);
+      log_info("sandbox=%s was %s but its agent is gone: marked stopped", sb_id(sb), state);
+    }
+    json_decref(list);
+    free((char *)cursor);
+    cursor = next;
+  } while (cursor);
+}

@@ -1,0 +1,206 @@
+/* sbxd - the sbx gateway server. */
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "../routes/routes.h"
+#include "../store/store.h"
+#include "http.h"
+#include "listener.h"
+#include "loop.h"
+#include "server.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sbxd [options]\n"
+          "  --listen HOST:PORT   address to serve REST and WebSocket on (default 127.0.0.1:7070)\n"
+          "  --data-dir DIR       database, sandbox layers and sockets (default ./var)\n"
+          "  --images-dir DIR     rootfs folders usable as \"image\" (default DATA-DIR/images)\n"
+          "  --agent PATH         the static sbx-agent binary (default: next to sbxd)\n"
+          "  --max-body BYTES     largest accepted request body (default 1048576)\n"
+          "  --http-threads N     libmicrohttpd worker threads (default 4)\n"
+          "  --shutdown-grace-ms N  how long in-flight requests may finish at SIGTERM (default 30000)\n"
+          "  --log-level LEVEL    error, warn, info (default) or debug\n"
+          "  --help\n");
+}
+
+static int parse_listen(const char *s, sbx_config *c) {
+  const char *colon = strrchr(s, ':');
+  if (!colon)
+    return -1;
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535 || colon == s)
+    return -1;
+  size_t hl = (size_t)(colon - s);
+  if (s[0] == '[' && hl >= 2 && s[hl - 1] == ']') /* [::1]:7070 */
+    snprintf(c->host, sizeof c->host, "%.*s", (int)(hl - 2), s + 1);
+  else
+    snprintf(c->host, sizeof c->host, "%.*s", (int)hl, s);
+  c->port = (int)port;
+  return 0;
+}
+
+static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
+  /* out is at least 1024 bytes; longer paths are refused below */
+  if (create && sbx_mkdir_p(in, 0755) < 0)
+    return -1;
+  char buf[PATH_MAX];
+  if (!realpath(in, buf))
+    return -1;
+  if (strlen(buf) >= outsz)
+    return errno = ENAMETOOLONG, -1;
+  memcpy(out, buf, strlen(buf) + 1);
+  return 0;
+}
+
+static int parse_args(int argc, char **argv, sbx_config *c) {
+  enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP };
+  static const struct option opts[] = {
+      {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
+      {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
+      {"max-body", required_argument, 0, O_MAXBODY}, {"http-threads", required_argument, 0, O_THREADS},
+      {"shutdown-grace-ms", required_argument, 0, O_GRACE}, {"log-level", required_argument, 0, O_LOG},
+      {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
+  const char *data = "./var", *images = NULL, *agent = NULL;
+  snprintf(c->host, sizeof c->host, "127.0.0.1");
+  c->port = 7070;
+  c->max_body = 1 << 20;
+  c->http_threads = 4;
+  c->shutdown_grace_ms = 30000;
+  int o;
+  while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    char *end = NULL;
+    switch (o) {
+    case O_LISTEN:
+      if (parse_listen(optarg, c) < 0)
+        return fprintf(stderr, "sbxd: --listen wants HOST:PORT, got '%s'\n", optarg), -1;
+      break;
+    case O_DATA: data = optarg; break;
+    case O_IMAGES: images = optarg; break;
+    case O_AGENT: agent = optarg; break;
+    case O_MAXBODY:
+      c->max_body = strtoull(optarg, &end, 10);
+      if (*end || c->max_body < 1024)
+        return fprintf(stderr, "sbxd: --max-body wants a byte count >= 1024\n"), -1;
+      break;
+    case O_THREADS:
+      c->http_threads = (int)strtol(optarg, &end, 10);
+      if (*end || c->http_threads < 1 || c->http_threads > 256)
+        return fprintf(stderr, "sbxd: --http-threads wants 1..256\n"), -1;
+      break;
+    case O_GRACE:
+      c->shutdown_grace_ms = strtoll(optarg, &end, 10);
+      if (*end || c->shutdown_grace_ms < 0)
+        return fprintf(stderr, "sbxd: --shutdown-grace-ms wants a number of ms\n"), -1;
+      break;
+    case O_LOG:
+      if (sbx_log_parse_level(optarg, &sbx_log_threshold) < 0)
+        return fprintf(stderr, "sbxd: unknown --log-level '%s'\n", optarg), -1;
+      break;
+    case O_HELP: usage(stdout); exit(0);
+    default: usage(stderr); return -1;
+    }
+  }
+  if (optind < argc)
+    return fprintf(stderr, "sbxd: unexpected argument '%s'\n", argv[optind]), -1;
+  if (absolute_dir(data, c->data_dir, sizeof c->data_dir, true) < 0)
+    return fprintf(stderr, "sbxd: data dir %s: %s\n", data, strerror(errno)), -1;
+  chmod(c->data_dir, 0700); /* layers and agent sockets live here */
+  char def_images[1100];
+  snprintf(def_images, sizeof def_images, "%s/images", c->data_dir);
+  if (absolute_dir(images ? images : def_images, c->images_dir, sizeof c->images_dir, !images) < 0)
+    return fprintf(stderr, "sbxd: images dir %s: %s\n", images ? images : def_images,
+                   strerror(errno)), -1;
+  snprintf(c->db_path, sizeof c->db_path, "%s/sbx.db", c->data_dir);
+  if (agent) {
+    if (absolute_dir(agent, c->agent_path, sizeof c->agent_path, false) < 0)
+      return fprintf(stderr, "sbxd: agent %s: %s\n", agent, strerror(errno)), -1;
+  } else {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0)
+      return fprintf(stderr, "sbxd: cannot find myself: %s\n", strerror(errno)), -1;
+    self[n] = '\0';
+    snprintf(c->agent_path, sizeof c->agent_path, "%s/sbx-agent", dirname(self));
+  }
+  if (access(c->agent_path, X_OK) < 0)
+    return fprintf(stderr, "sbxd: agent %s: %s\n", c->agent_path, strerror(errno)), -1;
+  return 0;
+}
+
+/* Wait until no REST request is in flight, or the deadline passes. */
+static void wait_idle(int64_t ms) {
+  int64_t deadline = sbx_mono_ms() + ms;
+  while (atomic_load(&g_server->inflight) > 0 && sbx_mono_ms() < deadline)
+    usleep(10 * 1000);
+}
+
+int main(int argc, char **argv) {
+  static sbx_server server;
+  g_server = &server;
+  if (parse_args(argc, argv, &server.cfg) < 0)
+    return 2;
+  server.driver = &vmm_ns_driver;
+  server.started_ms = sbx_now_ms();
+  /* Signals are taken by sigwait in this thread only; every thread started
+   * below inherits the mask. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  sbx_err err;
+  if (store_global_init(server.cfg.db_path, &err) < 0) {
+    log_error("database %s: %s", server.cfg.db_path, err.msg);
+    return 1;
+  }
+  if (loop_start(&server.loop, &err) < 0) {
+    log_error("%s", err.msg);
+    return 1;
+  }
+  sandboxes_recover();
+  server.mhd = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+          MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC,
+      0, NULL, NULL, http_access, NULL, MHD_OPTION_THREAD_POOL_SIZE,
+      (unsigned)server.cfg.http_threads, MHD_OPTION_NOTIFY_COMPLETED, http_completed, NULL,
+      MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
+      MHD_OPTION_END);
+  if (!server.mhd) {
+    log_error("cannot start libmicrohttpd");
+    return 1;
+  }
+  listener *lst = NULL;
+  if (listener_start(server.cfg.host, server.cfg.port, &lst, &err) < 0) {
+    log_error("%s", err.msg);
+    return 1;
+  }
+  log_info("sbxd %s listening on %s:%d data_dir=%s images_dir=%s", SBX_VERSION, server.cfg.host,
+           listener_port(lst), server.cfg.data_dir, server.cfg.images_dir);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  log_info("signal %d: shutting down (in-flight requests may finish for %lld ms)", sig,
+           (long long)server.cfg.shutdown_grace_ms);
+  atomic_store(&server.stopping, true);
+  listener_stop(lst);
+  wait_idle(server.cfg.shutdown_grace_ms);
+  loop_stop(server.loop); /* answers what is still waiting with 503 */
+  server.loop = NULL;
+  wait_idle(2000);
+  MHD_stop_daemon(server.mhd);
+  store_global_shutdown();
+  log_info("stopped; sandboxes keep running");
+  return 0;
+}
