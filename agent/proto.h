@@ -32,8 +32,8 @@
 typedef enum sbx_frame_type {
   /* both directions, session 0 */
   SBX_F_HELLO = 1, /* a->g on connect: {"version":1,"agent":"sbx-agent 0.1","pid":1,
-                      "sessions":[{"session":7,"exec_id":"ex_..","state":"running"|"exited",
-                                   "pid":42}]}
+                      "sessions":[{"session":7,"exec_id":"ex_..","state":"running"|"exited"|
+                                   "failed","pid":42}]} (every session not yet RELEASEd)
                       g->a reply: {"version":1} (a version the agent does not speak: it
                       closes the connection) */
   /* gateway -> agent */
@@ -43,14 +43,22 @@ typedef enum sbx_frame_type {
                             closed), "stdin_pipe": bool (keep stdin open for STDIN frames;
                             false and no stdin_b64 = EOF at once), "tty": bool, "rows","cols",
                             "credit_stdout","credit_stderr" (initial credit, bytes),
-                            "grace_ms" (drain time after the main process exits)} */
+                            "grace_ms" (drain time after the main process exits; default 200;
+                            time spent waiting for credit does not count),
+                            "kill_on_disconnect": bool (SIGKILL the session's processes when
+                            the owning connection closes; otherwise it keeps running unowned
+                            with no credit until ATTACHed)}.  Absent/null fields take defaults:
+                            args [], cwd "/", env {} , user = the agent's, timeout 0, rows 24,
+                            cols 80, credits 0.  Bad field values end the session with FAILED
+                            kind "bad_args", stage "request". */
   SBX_F_STDIN = 3,       /* raw bytes for the program's stdin */
   SBX_F_STDIN_CLOSE = 4, /* no payload: close the program's stdin (EOF) */
   SBX_F_SIGNAL = 5,      /* {"signal": n} to the session's whole process group */
   SBX_F_RESIZE = 6,      /* {"rows": r, "cols": c} (tty sessions) */
   SBX_F_CREDIT = 7,      /* 8 bytes: u32 stdout bytes, u32 stderr bytes (big-endian), added */
   SBX_F_ATTACH = 8,      /* no payload: this connection now owns the session (after a
-                            reconnect); the agent resends EXITED/FAILED if it already ended */
+                            reconnect); the agent resends EXITED/FAILED if it already ended,
+                            or STARTED if it runs.  Credit restarts at 0: grant afresh. */
   SBX_F_RELEASE = 9,     /* no payload: the gateway has recorded the end; forget the session */
   /* agent -> gateway */
   SBX_F_STARTED = 16,     /* {"pid": n} host-invisible pid inside the sandbox */

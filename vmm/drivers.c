@@ -1,0 +1,15 @@
+/* drivers.c - the registry of sandbox drivers (vmm/driver.h). */
+#include <string.h>
+
+#include "driver.h"
+
+static const sbx_driver *const drivers[] = {&vmm_ns_driver};
+
+const sbx_driver *vmm_driver_by_name(const char *name) {
+  if (!name)
+    return NULL;
+  for (size_t i = 0; i < sizeof drivers / sizeof drivers[0]; i++)
+    if (strcmp(drivers[i]->name, name) == 0)
+      return drivers[i];
+  return NULL;
+}
