@@ -86,6 +86,7 @@ asan: deps
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
 
 bench: deps all
+	@scripts/bench-deps.sh
 	BUILD=$(BUILD) bench/run.sh
 
 clean:

@@ -464,16 +464,8 @@ static int rmdir_one(const char *ctrl, const char *dir, void *vctx) {
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
   }
-  /* The shared "sbx" parent goes when the last sandbox goes; EBUSY (another
-   * sandbox still there) and ENOTEMPTY are expected. */
-  char parent[PATH_MAX];
-  snprintf(parent, sizeof parent, "%s", dir);
-  char *slash = strrchr(parent, '/');
-  if (slash && strcmp(slash, "/sbx") != 0) {
-    *slash = '\0';
-    if (strlen(parent) > 4 && strcmp(parent + strlen(parent) - 4, "/sbx") == 0)
-      rmdir(parent);
-  }
+  /* The shared "sbx" parent stays: removing it would race with another
+   * sandbox being created under it, and an empty cgroup costs nothing. */
   return 0;
 }
 

@@ -53,7 +53,8 @@ int cgroup_kill_all(const char *paths);
 
 /* Kill what is left, then rmdir every cgroup of the path list, retrying for
  * up to ~2 s while a cgroup still has tasks.  Directories already gone are
- * fine.  Also removes the "sbx" parent when it became empty (best effort). */
+ * fine.  The shared "sbx" parent is left in place (empty, it costs nothing,
+ * and removing it would race with a concurrent cgroup_create). */
 int cgroup_remove(const char *paths, sbx_err *err);
 
 /* Read one control file of the cgroup in the path list whose directory lives

@@ -361,7 +361,7 @@ static int build_root(launch_ctx *c, int userns_fd, sbx_err *err) {
   }
   static const char *const links[][2] = {{"/proc/self/fd", "fd"},     {"/proc/self/fd/0", "stdin"},
                                          {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
-                                         {"pts/ptmx", "ptmx"},          {"/proc/kcore", "core"}};
+                                         {"pts/ptmx", "ptmx"}};
   for (size_t i = 0; i < SBX_ARRAY_LEN(links); i++)
     if (symlink_in_root(rootfd, links[i][0], "/dev", links[i][1], err) < 0)
       return -1;
@@ -481,8 +481,10 @@ static int child_setup(launch_ctx *c, sbx_err *err) {
   close(c->go_r);
   /* our own mount namespace, owned by our user namespace; the launcher's
    * mounts come along locked */
-  if (unshare(CLONE_NEWNS) < 0)
-    return fail(err, errno, "unshare(CLONE_NEWNS)");
+  /* the cgroup namespace starts at our sandbox cgroup, where the launcher
+   * has put us by now: /proc/self/cgroup shows "/", no host paths */
+  if (unshare(CLONE_NEWNS | CLONE_NEWCGROUP) < 0)
+    return fail(err, errno, "unshare(CLONE_NEWNS|CLONE_NEWCGROUP)");
   /* The launcher's mounts reached us locked, the overlay root too, and
    * pivot_root refuses a locked new root.  A recursive bind of it onto
    * itself is our own mount (unlocked) while every mount below it stays

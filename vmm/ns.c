@@ -28,7 +28,7 @@
  *   - binds the agent's socket at agent.sock and listens (before the sandbox
  *     exists, so connect() works as soon as start() returns);
  *   - clones the agent process into new user, pid, ipc, uts and net
- *     namespaces (but still in the launcher's mount namespace), writes its
+ *     namespaces (cgroup namespace: see the child) (but still in the launcher's mount namespace), writes its
  *     uid_map/gid_map "0 100000 65536" (setgroups stays allowed: the writer
  *     is privileged);
  *   - mounts the lower layer: the image ("/" for "host", or
@@ -54,12 +54,14 @@
  *   - moves the child into the cgroups, lets it go, and waits (CLOEXEC error
  *     pipe) until it has exec'd the agent, then writes the pid file and
  *     reports "ok <pid>".
- * The child: becomes uid/gid 0 of its namespace, unshares its own mount
- * namespace (owned by its user namespace), sets the hostname, brings `lo` up
- * (network "none" = loopback only: the net namespace has no other device),
- * mounts a fresh /proc (its pid namespace), sysfs read-only (see below),
- * a devpts newinstance at /dev/pts, pivot_roots into root/ and detaches the
- * old root, drops the capability bounding set to a container default set,
+ * The child: unshares its own mount namespace (owned by its user namespace)
+ * and a cgroup namespace rooted at its sandbox cgroup, binds root/ onto
+ * itself recursively (pivot_root refuses a locked new root; the mounts below
+ * stay locked), becomes uid/gid 0 of its user namespace, sets the hostname,
+ * brings `lo` up (network "none" = loopback only: the net namespace has no
+ * other device), mounts a fresh /proc (its pid namespace), sysfs read-only
+ * (see below), a devpts newinstance at /dev/pts, pivot_roots into root/ and
+ * detaches the old root, drops the capability bounding set to a container default set,
  * sets no_new_privs, installs a seccomp filter (launch_main.c says which
  * calls), and execveat()s the agent from an fd opened on the host (the agent
  * binary need not be inside the image) as `sbx-agent --listen-fd 3`, stdout
