@@ -15,10 +15,10 @@ WARN   := -Wall -Wextra -Wshadow -Wpointer-arith -Wformat=2 -Wstrict-prototypes 
           -Wmissing-prototypes -Werror=implicit-function-declaration -Werror=return-type \
           -Werror=format-security -Wno-unused-parameter
 CFLAGS ?= -O2 -g
-CFLAGS += -std=gnu11 $(WARN) -D_GNU_SOURCE -MMD -MP $(SAN)
+override CFLAGS += -std=gnu11 $(WARN) -D_GNU_SOURCE -MMD -MP $(SAN)
 CPPFLAGS += -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
-LDFLAGS += $(SAN)
+override LDFLAGS += $(SAN)
 
 # everything but main()s goes into one static library (crun's libcrun style)
 CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent/proto.c

@@ -478,7 +478,7 @@ static void start_exec(alink *lk, loop_job *job) {
   if (agent_conn_send_json(lk->conn, s->id, SBX_F_EXEC, spec) < 0) {
     json_decref(spec);
     free(s);
-    job_fail(job, SBX_E_INTERNAL, "exec request too large for the agent protocol");
+    job_fail(job, SBX_E_INVALID_REQUEST, "the exec request (args, env and stdin together) is over the 1 MiB the agent protocol carries");
     return;
   }
   json_decref(spec);

@@ -1,4 +1,7 @@
 /* cgroup.c - per-sandbox cgroups on v1 or v2 (contract in cgroup.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* `make asan` overrides CFLAGS, dropping -D_GNU_SOURCE */
+#endif
 #include "cgroup.h"
 
 #include <errno.h>

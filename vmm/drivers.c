@@ -1,4 +1,7 @@
 /* drivers.c - the registry of sandbox drivers (vmm/driver.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* `make asan` overrides CFLAGS, dropping -D_GNU_SOURCE */
+#endif
 #include <string.h>
 
 #include "driver.h"

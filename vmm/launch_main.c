@@ -17,10 +17,14 @@
  * default (below), no_new_privs, and a seccomp filter that refuses: new user
  * namespaces (unshare/clone with CLONE_NEWUSER; clone3 answers ENOSYS so libc
  * falls back to clone), the kernel keyring (keyctl, add_key, request_key),
- * bpf, perf_event_open, userfaultfd, kexec, module loading, and
- * open_by_handle_at/name_to_handle_at.  Syscalls of other ABIs (i386, x32)
+ * bpf, perf_event_open, userfaultfd, kexec, module loading,
+ * open_by_handle_at/name_to_handle_at, syslog (the host's kernel log) and
+ * io_uring (a large attack surface that container runtimes block too).  Syscalls of other ABIs (i386, x32)
  * kill the caller (libseccomp's default for a foreign arch).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* `make asan` overrides CFLAGS, dropping -D_GNU_SOURCE */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -450,7 +454,8 @@ static int install_seccomp(sbx_err *err) {
       SCMP_SYS(bpf),          SCMP_SYS(perf_event_open),   SCMP_SYS(userfaultfd),
       SCMP_SYS(kexec_load),   SCMP_SYS(kexec_file_load),   SCMP_SYS(init_module),
       SCMP_SYS(finit_module), SCMP_SYS(delete_module),     SCMP_SYS(open_by_handle_at),
-      SCMP_SYS(name_to_handle_at)};
+      SCMP_SYS(name_to_handle_at), SCMP_SYS(syslog),       SCMP_SYS(io_uring_setup),
+      SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register)};
   int r = 0;
   for (size_t i = 0; i < SBX_ARRAY_LEN(denied) && r == 0; i++)
     r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), denied[i], 0);

@@ -77,7 +77,19 @@
  * our agent, and waits until it and everything in its cgroups are gone.  The
  * mounts live only in the sandbox's mount namespaces and vanish with them.
  * destroy() stops, removes the cgroups and the sandbox directory.
+ * start, stop and destroy of one sandbox take an flock on its directory, so
+ * concurrent calls for the same sandbox run one after the other.
+ *
+ * What the host image is: the host's root file system only (overlayfs never
+ * shows a lower layer's submounts, so /home or /srv on other file systems
+ * appear as empty directories).  With the idmapped lower layer, the
+ * sandbox's root reads every file of it that host root may read (e.g.
+ * /etc/shadow, /root), except the masked data and images dirs; it cannot
+ * change any host file (writes go to upper/).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* `make asan` overrides CFLAGS, dropping -D_GNU_SOURCE */
+#endif
 #include "ns.h"
 
 #include <errno.h>
@@ -89,6 +101,7 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -315,6 +328,23 @@ static int ns_create(const sbx_sandbox_spec *s, sbx_err *err) {
   return 0;
 }
 
+/* Serialize start/stop/destroy of one sandbox (two concurrent starts would
+ * fight over the same layer and cgroups).  Returns the locked dir fd, or -1
+ * with errno (ENOENT when the sandbox dir does not exist). */
+static int lock_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  while (flock(fd, LOCK_EX) < 0) {
+    if (errno != EINTR) {
+      int e = errno;
+      close(fd);
+      return errno = e, -1;
+    }
+  }
+  return fd;
+}
+
 /* Where sbx-launch is: $SBX_LAUNCH, else next to the running executable. */
 static int launcher_path(char *out, size_t n, sbx_err *err) {
   const char *env = getenv("SBX_LAUNCH");
@@ -344,13 +374,15 @@ static int kill_sandbox(const char *dir, sbx_err *err) {
   if (pid > 0 && kill(pid, SIGKILL) < 0 && errno != ESRCH)
     return sbx_fail_errno(err, errno, "ns: kill agent %d", (int)pid);
   cleanup_str char *cg = read_cgroups(dir);
-  /* the pid namespace dies with its init; give it up to 5 s */
-  for (int i = 0; i < 250; i++) {
+  /* the pid namespace dies with its init; give it up to 5 s, polling fast
+   * at first because it usually takes a few ms */
+  int64_t deadline = sbx_mono_ms() + 5000;
+  for (int i = 0; sbx_mono_ms() < deadline; i++) {
     bool agent_up = pid > 0 && live_agent(dir) == pid;
     int left = cg ? cgroup_kill_all(cg) : 0;
     if (!agent_up && left == 0)
       return 0;
-    sleep_ms(20);
+    sleep_ms(i < 20 ? 1 : 20);
   }
   return sbx_fail(err, SBX_E_INTERNAL, 0, "ns: processes of sandbox %s did not exit within 5 s",
                   strrchr(dir, '/') + 1);
@@ -474,7 +506,8 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  if (access(dir, F_OK) < 0)
+  cleanup_fd int lock = lock_dir(dir);
+  if (lock < 0)
     return sbx_fail_errno(err, errno, "ns: sandbox dir %s (not created?)", dir);
   if (ns_check_image(s->image, s->images_dir, err) < 0)
     return -1;
@@ -537,12 +570,8 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
                   tail[0] ? "; log: " : "", tail);
 }
 
-static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
-  char dir[PATH_MAX];
-  if (sandbox_dir(s, dir, sizeof dir, err) < 0)
-    return -1;
-  if (access(dir, F_OK) < 0)
-    return 0; /* never created or destroyed: nothing runs */
+/* stop with the sandbox's lock held */
+static int stop_locked(const char *dir, sbx_err *err) {
   if (kill_sandbox(dir, err) < 0)
     return -1;
   unlink_in(dir, NS_SOCK);
@@ -550,11 +579,30 @@ static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   return 0;
 }
 
+static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
+  char dir[PATH_MAX];
+  if (sandbox_dir(s, dir, sizeof dir, err) < 0)
+    return -1;
+  cleanup_fd int lock = lock_dir(dir);
+  if (lock < 0) {
+    if (errno == ENOENT)
+      return 0; /* never created or destroyed: nothing runs */
+    return sbx_fail_errno(err, errno, "ns: lock %s", dir);
+  }
+  return stop_locked(dir, err);
+}
+
 static int ns_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  if (ns_stop(s, err) < 0)
+  cleanup_fd int lock = lock_dir(dir);
+  if (lock < 0) {
+    if (errno == ENOENT)
+      return 0; /* already gone */
+    return sbx_fail_errno(err, errno, "ns: lock %s", dir);
+  }
+  if (stop_locked(dir, err) < 0)
     return -1;
   cleanup_str char *cg = read_cgroups(dir);
   if (cg && cgroup_remove(cg, err) < 0)

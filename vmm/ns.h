@@ -57,7 +57,8 @@ int ns_pidfile_read(const char *dir, pid_t *pid, uint64_t *start);
 
 /* Bind (listen) or connect an AF_UNIX stream socket at <dir>/<name>, using a
  * /proc/self/fd path when the plain path is longer than sun_path.  Returns the
- * CLOEXEC fd or -1 with errno. */
+ * CLOEXEC fd or -1 with errno.  ns_unix_listen changes the umask for the
+ * bind: single-threaded callers (sbx-launch) only. */
 int ns_unix_listen(const char *dir, const char *name);
 int ns_unix_connect(const char *dir, const char *name);
 

@@ -131,9 +131,9 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 class Server:
     """A real sbxd process.  One per test class (see SbxTestCase)."""
 
-    def __init__(self, images_dir=None, data_dir=None):
+    def __init__(self, images_dir=None, data_dir=None, data_parent=None):
         _LIVE_SERVERS.append(self)
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="sbxit-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="sbxit-", dir=data_parent)
         self.images_dir = images_dir
         self.log_path = os.path.join(tempfile.gettempdir(),
                                      "sbxd-%s.log" % os.path.basename(self.data_dir))
@@ -293,6 +293,11 @@ class Server:
         rc = self.stop()
         self.kill_leftover_agents()
         remove_data_dir(self.data_dir)
+        if not os.environ.get("SBX_KEEP_LOGS"):
+            try:
+                os.remove(self.log_path)
+            except OSError:
+                pass
         return rc
 
 
@@ -454,11 +459,12 @@ class SbxTestCase(unittest.TestCase):
     """One sbxd per class.  Sandboxes made with self.mk() are deleted after each test."""
 
     images_dir = None
+    data_parent = None  # where the temp data dir goes (default: $TMPDIR)
     srv = None
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server(images_dir=cls.images_dir)
+        cls.srv = Server(images_dir=cls.images_dir, data_parent=cls.data_parent)
         try:
             cls.srv.start()
             cls.setUpServer()

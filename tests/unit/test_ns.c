@@ -10,7 +10,11 @@
  * Environment: SBX_LAUNCH (the sbx-launch binary; default: ../sbx-launch next
  * to this binary), SBX_AGENT (the real agent; default ../sbx-agent).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* `make asan` overrides CFLAGS, dropping -D_GNU_SOURCE */
+#endif
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -30,6 +34,9 @@
 #include "vmm/cgroup.h"
 #include "vmm/driver.h"
 #include "vmm/ns.h"
+
+/* snprintf into a char array, failing the test if it does not fit */
+#define PATHF(buf, ...) ck_assert_int_lt(snprintf(buf, sizeof buf, __VA_ARGS__), (int)sizeof buf)
 
 static char self_exe[PATH_MAX];
 static char bin_dir[PATH_MAX]; /* build/ */
@@ -95,11 +102,16 @@ typedef struct fixture {
   sbx_sandbox_spec spec;
 } fixture;
 
+/* Every fixture's dirs live in one directory per run, so main() can sweep
+ * up after tests that failed half-way (a failed ck_assert ends the test's
+ * process at once): no agent outlives the test binary. */
+static char run_dir[PATH_MAX];
+
 static void fx_init(fixture *f, const char *image, const char *agent) {
   memset(f, 0, sizeof *f);
-  snprintf(f->data, sizeof f->data, "/var/tmp/sbxns-data.XXXXXX");
+  PATHF(f->data, "%s/data.XXXXXX", run_dir);
   ck_assert_ptr_nonnull(mkdtemp(f->data));
-  snprintf(f->images, sizeof f->images, "/var/tmp/sbxns-img.XXXXXX");
+  PATHF(f->images, "%s/img.XXXXXX", run_dir);
   ck_assert_ptr_nonnull(mkdtemp(f->images));
   sbx_new_id("sbx_", f->id, sizeof f->id);
   ck_assert_int_eq(ns_sandbox_dir(f->data, f->id, f->dir, sizeof f->dir), 0);
@@ -168,7 +180,7 @@ static char *fake_run(fixture *f, const char *cmd) {
   json_decref(j);
   sbx_decoder_free(d);
   char line[4096];
-  snprintf(line, sizeof line, "%s\n", cmd);
+  PATHF(line, "%s\n", cmd);
   ck_assert_int_eq(sbx_write_all(fd, line, strlen(line)), 0);
   size_t cap = 1 << 16, len = 0;
   char *out = malloc(cap);
@@ -188,7 +200,7 @@ static char *fake_run(fixture *f, const char *cmd) {
 
 static char *host_read(const char *dir, const char *name) {
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/%s", dir, name);
+  PATHF(p, "%s/%s", dir, name);
   return sbx_read_file(p, 1 << 16, NULL);
 }
 
@@ -202,8 +214,8 @@ START_TEST(test_lifecycle_host_image) {
   ck_assert(vmm_ns_driver.alive(&f.spec));
 
   /* uid 0 inside is host 100000: look from the host */
-  char p[64];
-  snprintf(p, sizeof p, "/proc/%d/uid_map", (int)pid);
+  char p[PATH_MAX];
+  PATHF(p, "/proc/%d/uid_map", (int)pid);
   char *map = sbx_read_file(p, 256, NULL);
   ck_assert_ptr_nonnull(map);
   unsigned a, b, c;
@@ -213,7 +225,7 @@ START_TEST(test_lifecycle_host_image) {
   ck_assert_uint_eq(c, NS_ID_COUNT);
   free(map);
   struct stat st;
-  snprintf(p, sizeof p, "/proc/%d", (int)pid);
+  PATHF(p, "/proc/%d", (int)pid);
   ck_assert_int_eq(stat(p, &st), 0);
   ck_assert_uint_eq(st.st_uid, NS_HOST_ID_BASE); /* the agent runs as host 100000 */
 
@@ -229,7 +241,7 @@ START_TEST(test_lifecycle_host_image) {
   ck_assert_str_eq(out, "0:0\n0:0\nmarker\n");
   free(out);
   char upper[PATH_MAX];
-  snprintf(upper, sizeof upper, "%s/%s/etc/sbx-marker", f.dir, NS_UPPER);
+  PATHF(upper, "%s/%s/etc/sbx-marker", f.dir, NS_UPPER);
   ck_assert_int_eq(stat(upper, &st), 0);
   ck_assert_uint_eq(st.st_uid, NS_HOST_ID_BASE);
   ck_assert_int_ne(access("/etc/sbx-marker", F_OK), 0); /* never on the host */
@@ -239,7 +251,7 @@ START_TEST(test_lifecycle_host_image) {
   ck_assert_msg(vmm_ns_driver.stop(&f.spec, &err) == 0, "stop: %s", err.msg);
   ck_assert(!vmm_ns_driver.alive(&f.spec));
   ck_assert(ns_proc_starttime(pid) == 0);
-  snprintf(p, sizeof p, "%s/%s", f.dir, NS_SOCK);
+  PATHF(p, "%s/%s", f.dir, NS_SOCK);
   ck_assert_int_ne(access(p, F_OK), 0);
   ck_assert_int_lt(vmm_ns_driver.connect(&f.spec, &err), 0);
   ck_assert_int_eq(err.kind, SBX_E_NOT_RUNNING);
@@ -279,13 +291,13 @@ START_TEST(test_isolation) {
   fx_init(&f, "host", NULL);
   /* something secret in the data dir and the images dir */
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/secret.db", f.data);
+  PATHF(p, "%s/secret.db", f.data);
   ck_assert_int_eq(sbx_write_file(p, "secret"), 0);
-  snprintf(p, sizeof p, "%s/img1", f.images);
+  PATHF(p, "%s/img1", f.images);
   ck_assert_int_eq(mkdir(p, 0755), 0);
   fx_start(&f);
   char cmd[2048];
-  snprintf(cmd, sizeof cmd,
+  PATHF(cmd,
            "ls -A %s | wc -l; ls -A %s | wc -l; (echo x > %s/new) 2>/dev/null || echo ro; "
            "ls /proc | grep -c '^[0-9]*$'; cat /proc/1/comm >/dev/null && echo proc-ok; "
            "grep -c : /proc/net/dev; ls /sys/class/net; ls -d /dev/pts/ptmx /dev/null /dev/shm; "
@@ -311,12 +323,19 @@ START_TEST(test_isolation) {
   free(out);
 
   /* the sandbox cannot unmount the mask (locked) nor mount anything */
-  snprintf(cmd, sizeof cmd, "umount %s 2>&1 >/dev/null | wc -l; ls -A %s | wc -l; "
+  PATHF(cmd, "umount %s 2>&1 >/dev/null | wc -l; ls -A %s | wc -l; "
                             "mount -t tmpfs x /mnt 2>/dev/null || echo no-mount; "
-                            "unshare -U true 2>/dev/null || echo no-userns",
+                            "unshare -U true 2>/dev/null || echo no-userns; "
+                            "grep -c ':/$' /proc/self/cgroup; grep -c sbx /proc/self/cgroup",
            f.data, f.data);
   out = fake_run(&f, cmd);
   ck_assert_msg(strstr(out, "0\nno-mount\nno-userns\n") != NULL, "out: %s", out);
+  /* cgroup namespace: every line of /proc/self/cgroup is "/" inside */
+  int all_root, with_sbx;
+  char *cgl = strstr(out, "no-userns\n") + 10;
+  ck_assert_int_eq(sscanf(cgl, "%d %d", &all_root, &with_sbx), 2);
+  ck_assert_int_gt(all_root, 0);
+  ck_assert_int_eq(with_sbx, 0);
   free(out);
   fx_cleanup(&f);
 }
@@ -332,11 +351,11 @@ START_TEST(test_folder_image) {
   fixture f;
   fx_init(&f, "img", have_agent ? real_agent : NULL);
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/img", f.images);
+  PATHF(p, "%s/img", f.images);
   ck_assert_int_eq(mkdir(p, 0755), 0);
-  snprintf(p, sizeof p, "%s/img/etc", f.images);
+  PATHF(p, "%s/img/etc", f.images);
   ck_assert_int_eq(mkdir(p, 0755), 0);
-  snprintf(p, sizeof p, "%s/img/etc/marker", f.images);
+  PATHF(p, "%s/img/etc/marker", f.images);
   ck_assert_int_eq(sbx_write_file(p, "from the image"), 0);
   sbx_err err = {0};
   ck_assert_msg(vmm_ns_driver.create(&f.spec, &err) == 0, "create: %s", err.msg);
@@ -351,7 +370,7 @@ START_TEST(test_folder_image) {
   }
   ck_assert_msg(r == 0, "start: %s", err.msg);
   /* look at its root from the host */
-  snprintf(p, sizeof p, "/proc/%d/root/etc/marker", (int)pid);
+  PATHF(p, "/proc/%d/root/etc/marker", (int)pid);
   cleanup_free char *m = sbx_read_file(p, 64, NULL);
   ck_assert_ptr_nonnull(m);
   ck_assert_str_eq(m, "from the image");
@@ -359,11 +378,11 @@ START_TEST(test_folder_image) {
   ck_assert_int_eq(stat(p, &st), 0);
   /* the image's root-owned file is the sandbox root's (host 100000) */
   ck_assert_uint_eq(st.st_uid, NS_HOST_ID_BASE);
-  snprintf(p, sizeof p, "/proc/%d/root/etc/passwd", (int)pid);
+  PATHF(p, "/proc/%d/root/etc/passwd", (int)pid);
   ck_assert_int_ne(access(p, F_OK), 0); /* nothing of the host */
-  snprintf(p, sizeof p, "/proc/%d/root/proc/1/comm", (int)pid);
+  PATHF(p, "/proc/%d/root/proc/1/comm", (int)pid);
   ck_assert_int_eq(access(p, F_OK), 0); /* proc, dev, tmp made inside */
-  snprintf(p, sizeof p, "/proc/%d/root/dev/null", (int)pid);
+  PATHF(p, "/proc/%d/root/dev/null", (int)pid);
   ck_assert_int_eq(access(p, F_OK), 0);
   ck_assert_int_eq(vmm_ns_driver.stop(&f.spec, &err), 0);
   fx_cleanup(&f);
@@ -390,7 +409,7 @@ START_TEST(test_unknown_image) {
   }
   /* a file is not an image */
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/file", f.images);
+  PATHF(p, "%s/file", f.images);
   ck_assert_int_eq(sbx_write_file(p, "x"), 0);
   f.spec.image = "file";
   ck_assert_int_lt(vmm_ns_driver.create(&f.spec, &err), 0);
@@ -428,7 +447,7 @@ START_TEST(test_limits) {
     ck_assert_str_eq(cpu, "50000 100000");
   }
   /* the pids limit bites inside: 40 sleeps cannot all start */
-  char *out = fake_run(&f, "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; "
+  char *out = fake_run(&f, "i=0; while [ $i -lt 40 ]; do sleep 5 >/dev/null 2>&1 & i=$((i+1)); done 2>/dev/null; "
                            "ls /proc | grep -c '^[0-9]*$'");
   ck_assert_int_le(atoi(out), 32);
   free(out);
@@ -446,7 +465,7 @@ START_TEST(test_start_failure_leaves_nothing) {
   /* an "agent" the kernel cannot execute: the failure comes from inside the
    * sandbox setup, after namespaces, mounts and cgroups were made */
   char bad[PATH_MAX];
-  snprintf(bad, sizeof bad, "/tmp/sbxns-badagent.XXXXXX");
+  PATHF(bad, "/tmp/sbxns-badagent.XXXXXX");
   int fd = mkstemp(bad);
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(sbx_write_all(fd, "not a program\n", 14), 0);
@@ -463,12 +482,22 @@ START_TEST(test_start_failure_leaves_nothing) {
   ck_assert_int_eq(err.errnum, ENOEXEC);
   ck_assert(!vmm_ns_driver.alive(&f.spec));
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/%s", f.dir, NS_PIDFILE);
+  PATHF(p, "%s/%s", f.dir, NS_PIDFILE);
   ck_assert_int_ne(access(p, F_OK), 0);
-  snprintf(p, sizeof p, "%s/%s", f.dir, NS_SOCK);
+  PATHF(p, "%s/%s", f.dir, NS_SOCK);
   ck_assert_int_ne(access(p, F_OK), 0);
-  snprintf(p, sizeof p, "%s/%s", f.dir, NS_CGROUPS);
+  PATHF(p, "%s/%s", f.dir, NS_CGROUPS);
   ck_assert_int_ne(access(p, F_OK), 0); /* cgroups removed with it */
+  /* a launcher that dies without a word, or is missing */
+  f.spec.agent_path = self_exe;
+  setenv("SBX_LAUNCH", "/bin/false", 1); /* this test's process only (fork mode) */
+  ck_assert_int_lt(vmm_ns_driver.start(&f.spec, &pid, &err), 0);
+  ck_assert_msg(strstr(err.msg, "exited with status 1 without a report"), "message: %s", err.msg);
+  setenv("SBX_LAUNCH", "/nonexistent/sbx-launch", 1);
+  ck_assert_int_lt(vmm_ns_driver.start(&f.spec, &pid, &err), 0);
+  ck_assert_msg(strstr(err.msg, "/nonexistent/sbx-launch") && strstr(err.msg, "No such file"),
+                "message: %s", err.msg);
+  ck_assert(!vmm_ns_driver.alive(&f.spec));
   /* and the agent path is checked before anything is spawned */
   f.spec.agent_path = "/nonexistent/sbx-agent";
   ck_assert_int_lt(vmm_ns_driver.start(&f.spec, &pid, &err), 0);
@@ -574,10 +603,10 @@ START_TEST(test_real_agent) {
                 "ls /: %s", out);
   free(out);
   char script[PATH_MAX + 64];
-  snprintf(script, sizeof script, "ls -A %s | wc -l; ls %s/secret.db; echo rc=$?", f.data,
+  PATHF(script, "ls -A %s | wc -l; ls %s/secret.db; echo rc=$?", f.data,
            f.data);
   char p[PATH_MAX + 16];
-  snprintf(p, sizeof p, "%s/secret.db", f.data);
+  PATHF(p, "%s/secret.db", f.data);
   ck_assert_int_eq(sbx_write_file(p, "secret"), 0);
   out = agent_exec(fd, d, 4, NULL, "sh", (const char *const[]){"-c", script, NULL}, &code);
   ck_assert_int_eq(code, 0);
@@ -596,20 +625,59 @@ START_TEST(test_real_agent) {
 }
 END_TEST
 
+/* Destroy every sandbox left under run_dir, then remove it. */
+static void sweep_run_dir(void) {
+  DIR *d = opendir(run_dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    if (strncmp(e->d_name, "data.", 5) != 0)
+      continue;
+    char data[PATH_MAX], sbdir[PATH_MAX + 16];
+    if (snprintf(data, sizeof data, "%s/%s", run_dir, e->d_name) >= (int)sizeof data ||
+        snprintf(sbdir, sizeof sbdir, "%s/sandboxes", data) >= (int)sizeof sbdir)
+      continue;
+    DIR *sd = opendir(sbdir);
+    struct dirent *se;
+    while (sd && (se = readdir(sd))) {
+      if (!sbx_is_id(se->d_name, "sbx_"))
+        continue;
+      sbx_sandbox_spec spec = {.id = se->d_name, .data_dir = data, .image = "host"};
+      sbx_err err;
+      if (vmm_ns_driver.destroy(&spec, &err) < 0)
+        fprintf(stderr, "sweep %s: %s\n", se->d_name, err.msg);
+      else
+        fprintf(stderr, "swept sandbox %s left by a failed test\n", se->d_name);
+    }
+    if (sd)
+      closedir(sd);
+  }
+  if (d)
+    closedir(d);
+  sbx_rm_rf(run_dir);
+}
+
 int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "--listen-fd") == 0)
     return fake_agent(atoi(argv[2]));
   if (!realpath("/proc/self/exe", self_exe))
     return 1;
-  snprintf(bin_dir, sizeof bin_dir, "%s", self_exe);
+  memcpy(bin_dir, self_exe, sizeof bin_dir);
   for (int i = 0; i < 2; i++) /* build/tests/test_ns -> build */
     *strrchr(bin_dir, '/') = '\0';
   char launch[PATH_MAX + 16];
-  snprintf(launch, sizeof launch, "%s/sbx-launch", bin_dir);
+  if (snprintf(launch, sizeof launch, "%s/sbx-launch", bin_dir) >= (int)sizeof launch)
+    return 1;
   setenv("SBX_LAUNCH", launch, 0);
   const char *ra = getenv("SBX_AGENT");
-  snprintf(real_agent, sizeof real_agent, "%s%s", ra ? ra : bin_dir, ra ? "" : "/sbx-agent");
+  if (snprintf(real_agent, sizeof real_agent, "%s%s", ra ? ra : bin_dir, ra ? "" : "/sbx-agent") >=
+      (int)sizeof real_agent)
+    return 1;
   sbx_log_threshold = SBX_LOG_ERROR;
+  /* on the root file system, not /tmp: /tmp is a fresh tmpfs inside a
+   * sandbox, which would hide the data dir without testing the mask */
+  snprintf(run_dir, sizeof run_dir, "/var/tmp/sbx-test-ns.XXXXXX");
+  if (!mkdtemp(run_dir))
+    return 1;
 
   Suite *s = suite_create("ns");
   TCase *tc = tcase_create("ns");
@@ -627,5 +695,6 @@ int main(int argc, char **argv) {
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
+  sweep_run_dir();
   return failed ? 1 : 0;
 }
