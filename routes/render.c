@@ -10,6 +10,8 @@
  */
 #include "request.h"
 
+#include "../common/utf8.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,35 +85,14 @@ static size_t src_span(const src_cursor *c, const uint8_t **p) {
 static inline bool json_plain(uint8_t b) { return b >= 0x20 && b < 0x80 && b != '"' && b != '\\'; }
 
 /* Length of the valid UTF-8 sequence starting at the cursor (2..4), or, when
- * it is invalid, -(length of its maximal subpart) (at least 1): the Unicode
- * "substitution of maximal subparts" practice, one U+FFFD per subpart. */
+ * it is invalid, -(length of its maximal subpart) (at least 1). */
 static int utf8_seq(const src_cursor *c, int b0) {
-  int need;
-  int lo = 0x80, hi = 0xBF; /* range of the second byte */
-  if (b0 >= 0xC2 && b0 <= 0xDF)
-    need = 1;
-  else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    need = 2;
-    if (b0 == 0xE0)
-      lo = 0xA0; /* overlong */
-    else if (b0 == 0xED)
-      hi = 0x9F; /* surrogates */
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    need = 3;
-    if (b0 == 0xF0)
-      lo = 0x90; /* overlong */
-    else if (b0 == 0xF4)
-      hi = 0x8F; /* > U+10FFFF */
-  } else {
-    return -1; /* C0, C1, F5..FF, a lone continuation */
-  }
-  for (int i = 1; i <= need; i++) {
-    int b = src_peek(c, (size_t)i);
-    int l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-    if (b < l || b > h)
-      return -i;
-  }
-  return need + 1;
+  uint8_t buf[4];
+  size_t n = 0;
+  for (int b = b0; n < sizeof buf && b >= 0; b = src_peek(c, n))
+    buf[n++] = (uint8_t)b;
+  int k = sbx_utf8_classify(buf, n);
+  return k == 0 ? -(int)n : k; /* cut off by the end of the stream */
 }
 
 /* Encode the next unit (one escaped byte, one character or one replacement)
