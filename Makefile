@@ -25,10 +25,14 @@ CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent
 CORE_SRC := $(filter-out %main.c,$(CORE_SRC))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/openapi.o
 AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c
+# libsbx (the client library) is its own archive: client/*.c but the CLI's main
+CLIENT_SRC := $(filter-out client/sbx_main.c,$(wildcard client/*.c))
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
+CLIENT_LIBS := $(shell pkg-config --libs libcurl libwebsockets jansson 2>/dev/null) -lpthread
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-all: $(BUILD)/sbxd $(BUILD)/sbx-agent $(BUILD)/sbx-launch
+all: $(BUILD)/sbxd $(BUILD)/sbx-agent $(BUILD)/sbx-launch $(BUILD)/sbx
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -49,6 +53,13 @@ $(BUILD)/libsbxcore.a: $(CORE_OBJ)
 $(BUILD)/sbxd: $(BUILD)/server/main.o $(BUILD)/libsbxcore.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/libsbx.a: $(CLIENT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/sbx: $(BUILD)/client/sbx_main.o $(BUILD)/libsbx.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS)
+
 # the ns driver's launcher: sbxd runs it (fork+exec, never fork alone in a
 # threaded server) to build a sandbox's namespaces and start its agent
 $(BUILD)/sbx-launch: $(BUILD)/vmm/launch_main.o $(BUILD)/libsbxcore.a
@@ -60,6 +71,14 @@ $(BUILD)/sbx-agent: $(AGENT_SRC) $(wildcard agent/*.h common/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g $(WARN) -D_GNU_SOURCE -I. -static -o $@ $(AGENT_SRC) \
 	    -Wl,-Bstatic -ljansson
+
+# libsbx's tests link the client library, and compile the README example
+$(BUILD)/tests/test_libsbx: tests/unit/test_libsbx.c tests/unit/example_libsbx.c $(BUILD)/libsbx.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $(BUILD)/tests/example_libsbx tests/unit/example_libsbx.c \
+	    $(BUILD)/libsbx.a $(CLIENT_LIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsbx.a \
+	    $(shell pkg-config --libs check) $(CLIENT_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsbxcore.a
 	@mkdir -p $(dir $@)

@@ -320,6 +320,8 @@ static void session_stdin_eof(agent_session *s) {
 /* Every process of the exec: its process group, and (for shells with job
  * control on a tty) every group of its session. */
 static void session_kill_all(agent_session *s, int sig) {
+  if (s->pid <= 0)
+    return; /* never started: kill(-0) would hit the agent's own group */
   if (kill(-s->pid, sig) < 0 && errno == ESRCH && !s->main_exited)
     kill(s->pid, sig); /* not yet past setsid() */
   cleanup_fd int dfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -1,61 +1,25 @@
-/* loop.c - the loop thread: lws service, agent links, exec sessions.
- * See loop.h for the threading contract. */
+/* loop.c - the loop thread: lws service, the job queue, agent links.
+ * See loop.h for the threading contract, session.c for exec sessions and
+ * ws.c for WebSocket clients. */
 #include "loop.h"
 
 #include <errno.h>
-#include <libwebsockets.h>
-#include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "../common/util.h"
 #include "../store/store.h"
-#include "../vmm/agent_conn.h"
+#include "loop_int.h"
 #include "server.h"
 #include "ws.h"
 
 #define HELLO_TIMEOUT_US (10 * LWS_US_PER_SEC)
 #define CREDIT_WINDOW (256u * 1024) /* initial per-stream credit of an exec */
 
-typedef struct alink alink;
-
-typedef struct session {
-  struct session *next;
-  alink *lk;
-  uint32_t id;
-  char exec_id[32];
-  loop_job *job;       /* the REST request waiting, NULL once answered or when adopted */
-  uint64_t max_output; /* collect at most this much per stream (0 for adopted sessions) */
-  exec_result res;
-} session;
-
-struct alink {
-  alink *next;
-  loop *l;
-  char sandbox_id[32];
-  agent_conn *conn;
-  struct lws *wsi;
-  bool ready, closing;
-  uint32_t next_session;
-  session *sessions;
-  loop_job *waiting; /* LINK/EXEC/UNLINK jobs waiting for hello or for the close */
-  lws_sorted_usec_list_t hello_timer;
-};
-
-struct loop {
-  struct lws_context *ctx;
-  struct lws_vhost *vh;
-  pthread_t thread;
-  pthread_mutex_t mu;
-  loop_job *queue_head, *queue_tail; /* under mu */
-  atomic_bool stop;
-  alink *links;
-};
-
 /* ---------------------------------------------------------------- helpers */
 
-static void job_finish(loop_job *job, int rc, const sbx_err *err) {
+void job_finish(loop_job *job, int rc, const sbx_err *err) {
   job->rc = rc;
   if (rc < 0 && err)
     job->err = *err;
@@ -74,6 +38,8 @@ void loop_job_clear(loop_job *job) {
   sbx_chunks_free(&job->res.err);
   json_decref(job->res.failure);
   job->res.failure = NULL;
+  free(job->out);
+  job->out = NULL;
 }
 
 static alink *link_find(loop *l, const char *sandbox_id) {
@@ -83,31 +49,11 @@ static alink *link_find(loop *l, const char *sandbox_id) {
   return NULL;
 }
 
-static session *session_find(alink *lk, uint32_t id) {
-  for (session *s = lk->sessions; s; s = s->next)
+static session *session_of(alink *lk, uint32_t id) {
+  for (session *s = lk->sessions; s; s = s->next_link)
     if (s->id == id)
       return s;
   return NULL;
-}
-
-static void session_unlink(session *s) {
-  for (session **pp = &s->lk->sessions; *pp; pp = &(*pp)->next)
-    if (*pp == s) {
-      *pp = s->next;
-      return;
-    }
-}
-
-static void link_flush(alink *lk) {
-  sbx_err err;
-  if (agent_conn_flush(lk->conn, &err) < 0) {
-    log_warn("sandbox=%s %s", lk->sandbox_id, err.msg);
-    lk->closing = true;
-    lws_set_timeout(lk->wsi, PENDING_TIMEOUT_KILLED_BY_PARENT, LWS_TO_KILL_ASYNC);
-    return;
-  }
-  if (agent_conn_want_write(lk->conn))
-    lws_callback_on_writable(lk->wsi);
 }
 
 /* Ask lws to close the link; link_closed() does the rest from the close callback. */
@@ -116,6 +62,19 @@ static void link_close(alink *lk) {
     return;
   lk->closing = true;
   lws_set_timeout(lk->wsi, PENDING_TIMEOUT_KILLED_BY_PARENT, LWS_TO_KILL_ASYNC);
+}
+
+void link_flush(alink *lk) {
+  if (lk->closing)
+    return;
+  sbx_err err;
+  if (agent_conn_flush(lk->conn, &err) < 0) {
+    log_warn("sandbox=%s %s", lk->sandbox_id, err.msg);
+    link_close(lk);
+    return;
+  }
+  if (agent_conn_want_write(lk->conn))
+    lws_callback_on_writable(lk->wsi);
 }
 
 /* ------------------------------------------------------- exec record updates */
@@ -130,7 +89,7 @@ static const char *end_state(const exec_result *r) {
   return "killed";
 }
 
-static void record_end(session *s) {
+void record_end(session *s) {
   store *st = store_thread();
   if (!st)
     return;
@@ -157,119 +116,34 @@ static void record_end(session *s) {
   json_decref(f);
 }
 
-/* A session is over (exited, failed, or its link died): record it, answer
- * the waiting request if any, free it. */
-static void session_end(session *s, const sbx_err *lost) {
-  record_end(s);
-  loop_job *job = s->job;
-  if (job) {
-    job->res = s->res; /* moves the buffers and the failure */
-    memset(&s->res, 0, sizeof s->res);
-    job_finish(job, lost ? -1 : 0, lost);
+/* ------------------------------------------------------------------ frames */
+
+static void send_exec(alink *lk, session *s) {
+  json_t *spec = s->pending_spec;
+  s->pending_spec = NULL;
+  json_object_set_new(spec, "credit_stdout", json_integer(CREDIT_WINDOW));
+  json_object_set_new(spec, "credit_stderr", json_integer(CREDIT_WINDOW));
+  if (agent_conn_send_json(lk->conn, s->id, SBX_F_EXEC, spec) < 0) {
+    json_decref(spec);
+    s->res.failure = json_pack("{s:s,s:s,s:s}", "kind", "bad_args", "stage", "dispatch", "message",
+                               "the exec request (args, env and stdin together) is over the 1 MiB "
+                               "the agent protocol carries");
+    session_fail(s); /* the agent never heard of it: it ends here, as a failure */
+    return;
   }
-  loop_job_clear(&(loop_job){.res = s->res});
-  session_unlink(s);
-  free(s);
+  json_decref(spec);
+  link_flush(lk);
 }
 
-/* ----------------------------------------------------------------- frames */
-
-static void on_output(session *s, bool is_err, const uint8_t *p, size_t n) {
-  exec_result *r = &s->res;
-  sbx_chunks *c = is_err ? &r->err : &r->out;
-  bool *trunc = is_err ? &r->err_truncated : &r->out_truncated;
-  *(is_err ? &r->err_bytes : &r->out_bytes) += n;
-  size_t keep = 0;
-  if (c->total < s->max_output)
-    keep = (size_t)((s->max_output - c->total) < n ? (s->max_output - c->total) : n);
-  if (keep && sbx_chunks_append(c, p, keep) < 0)
-    keep = 0; /* out of memory: flag as truncated rather than fail the exec */
-  if (keep < n)
-    *trunc = true;
-  /* Collected output never blocks the program: give the credit straight back. */
-  agent_conn_send_credit(s->lk->conn, s->id, is_err ? 0 : (uint32_t)n, is_err ? (uint32_t)n : 0);
+void link_exec(alink *lk, session *s, json_t *spec) {
+  s->pending_spec = spec;
+  if (lk->ready && !lk->closing)
+    send_exec(lk, s);
 }
-
-static int on_exited(session *s, const uint8_t *payload) {
-  json_error_t je;
-  json_t *o = json_loads((const char *)payload, 0, &je);
-  if (!json_is_object(o)) {
-    json_decref(o);
-    return -1;
-  }
-  exec_result *r = &s->res;
-  r->exited = true;
-  r->exit_code = (int)json_integer_value(json_object_get(o, "exit_code"));
-  r->signal = (int)json_integer_value(json_object_get(o, "signal"));
-  r->timed_out = json_is_true(json_object_get(o, "timed_out"));
-  r->duration_ms = json_integer_value(json_object_get(o, "duration_ms"));
-  json_decref(o);
-  agent_conn_send(s->lk->conn, s->id, SBX_F_RELEASE, NULL, 0);
-  session_end(s, NULL);
-  return 0;
-}
-
-static int on_session_frame(alink *lk, const sbx_frame_hdr *h, const uint8_t *payload) {
-  session *s = session_find(lk, h->session);
-  if (!s) {
-    log_debug("sandbox=%s frame %s for unknown session %u", lk->sandbox_id,
-              sbx_proto_type_name(h->type), h->session);
-    return 0;
-  }
-  switch (h->type) {
-  case SBX_F_STARTED: {
-    json_t *o = json_loads((const char *)payload, 0, NULL);
-    s->res.started = true;
-    s->res.pid = (int)json_integer_value(json_object_get(o, "pid"));
-    json_decref(o);
-    if (s->job && s->job->background) {
-      /* The 202 reply needs the pid; the record is updated now as well. */
-      store *st = store_thread();
-      json_t *f = json_pack("{s:i}", "pid", s->res.pid);
-      if (st)
-        store_exec_update(st, s->exec_id, f, NULL);
-      json_decref(f);
-      s->job->res.pid = s->res.pid;
-      s->job->res.started = true;
-      loop_job *job = s->job;
-      s->job = NULL;
-      job_finish(job, 0, NULL);
-    }
-    return 0;
-  }
-  case SBX_F_STDOUT:
-  case SBX_F_STDERR:
-    on_output(s, h->type == SBX_F_STDERR, payload, h->len);
-    return 0;
-  case SBX_F_EXITED:
-    return on_exited(s, payload);
-  case SBX_F_FAILED:
-    s->res.failure = json_loads((const char *)payload, 0, NULL);
-    if (!json_is_object(s->res.failure)) {
-      json_decref(s->res.failure);
-      s->res.failure = json_pack("{s:s,s:s}", "kind", "other", "message", "unreadable failure");
-    }
-    agent_conn_send(lk->conn, s->id, SBX_F_RELEASE, NULL, 0);
-    session_end(s, NULL);
-    return 0;
-  case SBX_F_STDIN_ERROR:
-    log_debug("exec=%s stdin error: %.200s", s->exec_id, payload);
-    return 0;
-  case SBX_F_ERROR:
-    log_warn("exec=%s agent refused a request: %.200s", s->exec_id, payload);
-    return 0;
-  default:
-    log_warn("sandbox=%s unexpected frame %s from agent", lk->sandbox_id,
-             sbx_proto_type_name(h->type));
-    return -1;
-  }
-}
-
-static void start_exec(alink *lk, loop_job *job);
 
 /* Sessions the agent reports after a (re)connect: adopt them so their ends
- * are recorded; execs the database thinks run but the agent does not know
- * are marked killed. */
+ * are recorded and they can be attached to; execs the database thinks run
+ * but the agent does not know are marked killed. */
 static void adopt_sessions(alink *lk, json_t *list) {
   store *st = store_thread();
   size_t i;
@@ -279,20 +153,16 @@ static void adopt_sessions(alink *lk, json_t *list) {
     const char *exec_id = json_string_value(json_object_get(it, "exec_id"));
     if (id >= lk->next_session)
       lk->next_session = id + 1;
-    if (!exec_id || session_find(lk, id))
+    if (!exec_id || session_of(lk, id) || session_by_exec(lk->l, exec_id))
       continue;
-    session *s = calloc(1, sizeof *s);
+    session *s = session_new(lk->l, lk, id, exec_id, lk->sandbox_id);
     if (!s)
       continue;
-    s->lk = lk;
-    s->id = id;
-    snprintf(s->exec_id, sizeof s->exec_id, "%s", exec_id);
     s->res.pid = (int)json_integer_value(json_object_get(it, "pid"));
     s->res.started = true;
-    s->next = lk->sessions;
-    lk->sessions = s;
     agent_conn_send(lk->conn, id, SBX_F_ATTACH, NULL, 0);
     agent_conn_send_credit(lk->conn, id, CREDIT_WINDOW, CREDIT_WINDOW);
+    log_info("exec=%s re-attached after a reconnect", exec_id);
   }
   if (!st)
     return;
@@ -303,18 +173,15 @@ static void adopt_sessions(alink *lk, json_t *list) {
   free(next);
   json_array_foreach(running, i, it) {
     const char *exec_id = json_string_value(json_object_get(it, "exec_id"));
-    bool known = false;
-    for (session *s = lk->sessions; s; s = s->next)
-      known |= exec_id && strcmp(s->exec_id, exec_id) == 0;
-    if (!known) {
-      char now[32];
-      sbx_rfc3339(sbx_now_ms(), now, sizeof now);
-      json_t *f = json_pack("{s:s,s:s,s:i,s:i}", "state", "killed", "ended_at", now,
-                            "exit_code", -1, "signal", 9);
-      store_exec_update(st, exec_id, f, NULL);
-      json_decref(f);
-      log_info("exec=%s marked killed: its agent no longer runs it", exec_id);
-    }
+    if (!exec_id || session_by_exec(lk->l, exec_id))
+      continue;
+    char now[32];
+    sbx_rfc3339(sbx_now_ms(), now, sizeof now);
+    json_t *f = json_pack("{s:s,s:s,s:i,s:i}", "state", "killed", "ended_at", now, "exit_code", -1,
+                          "signal", 9);
+    store_exec_update(st, exec_id, f, NULL);
+    json_decref(f);
+    log_info("exec=%s marked killed: its agent no longer runs it", exec_id);
   }
   json_decref(running);
 }
@@ -333,15 +200,15 @@ static int on_hello(alink *lk, const uint8_t *payload) {
   json_decref(o);
   lk->ready = true;
   lws_sul_cancel(&lk->hello_timer);
-  /* Run what waited for the hello, in order. */
+  for (session *s = lk->sessions; s; s = s->next_link)
+    if (s->pending_spec)
+      send_exec(lk, s);
   loop_job *w = lk->waiting;
   lk->waiting = NULL;
   while (w) {
     loop_job *next = w->next;
     w->next = NULL;
-    if (w->kind == LOOP_JOB_EXEC)
-      start_exec(lk, w);
-    else if (w->kind == LOOP_JOB_UNLINK) {
+    if (w->kind == LOOP_JOB_UNLINK) {
       w->next = lk->waiting; /* finished when the link is gone */
       lk->waiting = w;
       link_close(lk);
@@ -367,7 +234,13 @@ static int on_frame(agent_conn *c, const sbx_frame_hdr *h, const uint8_t *payloa
   }
   if (!lk->ready)
     return -1;
-  return on_session_frame(lk, h, payload);
+  session *s = session_of(lk, h->session);
+  if (!s) {
+    log_debug("sandbox=%s frame %s for unknown session %u", lk->sandbox_id,
+              sbx_proto_type_name(h->type), h->session);
+    return 0;
+  }
+  return session_frame(s, h, payload);
 }
 
 /* ------------------------------------------------------------------- links */
@@ -385,10 +258,13 @@ static void hello_timeout(lws_sorted_usec_list_t *sul) {
 static void link_closed(alink *lk) {
   loop *l = lk->l;
   lws_sul_cancel(&lk->hello_timer);
-  sbx_err lost;
-  sbx_fail(&lost, SBX_E_NOT_RUNNING, 0, "the sandbox stopped while the exec was running");
-  while (lk->sessions)
-    session_end(lk->sessions, &lost);
+  while (lk->sessions) {
+    if (atomic_load(&l->stop)) { /* sbxd is stopping, the programs are not */
+      lk->sessions->lk = NULL;
+      lk->sessions = lk->sessions->next_link;
+    } else
+      session_lost(lk->sessions); /* unlinks itself */
+  }
   loop_job *w = lk->waiting;
   while (w) {
     loop_job *next = w->next;
@@ -408,19 +284,18 @@ static void link_closed(alink *lk) {
   free(lk);
 }
 
-/* Find or open the link for a sandbox; NULL (job failed) if the agent is not reachable. */
-static alink *link_get(loop *l, loop_job *job) {
-  const char *id = json_string_value(json_object_get(job->sandbox, "id"));
+alink *link_get(loop *l, json_t *sandbox, sbx_err *err) {
+  const char *id = json_string_value(json_object_get(sandbox, "id"));
   alink *lk = link_find(l, id);
   if (lk)
-    return lk;
+    return lk->closing ? (sbx_fail(err, SBX_E_NOT_RUNNING, 0, "the agent link is closing"), NULL)
+                       : lk;
   sbx_sandbox_spec spec;
-  server_sandbox_spec(job->sandbox, &spec);
-  sbx_err err;
-  int fd = g_server->driver->connect(&spec, &err);
+  server_sandbox_spec(sandbox, &spec);
+  int fd = g_server->driver->connect(&spec, err);
   if (fd < 0) {
-    err.kind = SBX_E_NOT_RUNNING;
-    job_finish(job, -1, &err);
+    if (err)
+      err->kind = SBX_E_NOT_RUNNING;
     return NULL;
   }
   lk = calloc(1, sizeof *lk);
@@ -430,7 +305,7 @@ static alink *link_get(loop *l, loop_job *job) {
     if (pollfd >= 0)
       close(pollfd);
     free(lk);
-    job_fail(job, SBX_E_INTERNAL, "out of memory linking to the agent");
+    sbx_fail(err, SBX_E_INTERNAL, ENOMEM, "out of memory linking to the agent");
     return NULL;
   }
   lk->l = l;
@@ -441,7 +316,7 @@ static alink *link_get(loop *l, loop_job *job) {
   if (!lk->wsi) {
     agent_conn_free(lk->conn);
     free(lk);
-    job_fail(job, SBX_E_INTERNAL, "cannot watch the agent connection");
+    sbx_fail(err, SBX_E_INTERNAL, 0, "cannot watch the agent connection");
     return NULL;
   }
   lws_set_opaque_user_data(lk->wsi, lk);
@@ -459,41 +334,118 @@ static void wait_on(alink *lk, loop_job *job) {
   *pp = job;
 }
 
-static void start_exec(alink *lk, loop_job *job) {
-  session *s = calloc(1, sizeof *s);
+/* ----------------------------------------------------------------- jobs */
+
+static void start_job_exec(loop *l, loop_job *job) {
+  sbx_err err;
+  alink *lk = link_get(l, job->sandbox, &err);
+  if (!lk) {
+    job_finish(job, -1, &err);
+    return;
+  }
   json_t *spec = json_deep_copy(job->agent_spec);
-  if (!s || !spec) {
-    free(s);
+  session *s = spec ? session_new(l, lk, lk->next_session++, job->exec_id,
+                                  json_string_value(json_object_get(job->sandbox, "id")))
+                    : NULL;
+  if (!s) {
     json_decref(spec);
     job_fail(job, SBX_E_INTERNAL, "out of memory starting the exec");
     return;
   }
-  s->lk = lk;
-  s->id = lk->next_session++;
   s->job = job;
   s->max_output = job->max_output;
-  snprintf(s->exec_id, sizeof s->exec_id, "%s", job->exec_id);
-  json_object_set_new(spec, "credit_stdout", json_integer(CREDIT_WINDOW));
-  json_object_set_new(spec, "credit_stderr", json_integer(CREDIT_WINDOW));
-  if (agent_conn_send_json(lk->conn, s->id, SBX_F_EXEC, spec) < 0) {
-    json_decref(spec);
-    free(s);
-    job_fail(job, SBX_E_INVALID_REQUEST, "the exec request (args, env and stdin together) is over the 1 MiB the agent protocol carries");
-    return;
-  }
-  json_decref(spec);
-  s->next = lk->sessions;
-  lk->sessions = s;
-  link_flush(lk);
+  s->tty = json_is_true(json_object_get(spec, "tty"));
+  link_exec(lk, s, spec);
 }
 
-static void run_job(loop *l, loop_job *job) {
-  if (job->kind == LOOP_JOB_WS) {
-    ws_adopt(job->fd);
+static void wait_timeout(lws_sorted_usec_list_t *sul) {
+  loop_job *job = lws_container_of(sul, loop_job, timer);
+  session *s = job->ud2;
+  for (loop_job **pp = &s->waiters; *pp; pp = &(*pp)->next_waiter)
+    if (*pp == job) {
+      *pp = job->next_waiter;
+      break;
+    }
+  job->timed_out_wait = true;
+  job_finish(job, 0, NULL);
+}
+
+/* Jobs about one exec: find its session (rc -1 exec_not_found if the loop
+ * does not hold it; the caller then asks the database). */
+static void run_exec_job(loop *l, loop_job *job) {
+  session *s = session_by_exec(l, job->exec_id);
+  if (!s) {
+    job_fail(job, SBX_E_EXEC_NOT_FOUND, "the exec is not held in memory");
+    return;
+  }
+  if (job->kind == LOOP_JOB_OUTPUT) {
+    const retention *r = &s->ret;
+    int st = job->stream;
+    size_t avail = r->end[st] - retention_start(r, st);
+    job->out = malloc(avail ? avail : 1);
+    if (!job->out) {
+      job_fail(job, SBX_E_INTERNAL, "out of memory copying output");
+      return;
+    }
+    job->out_len = retention_copy(r, st, job->offset, job->out, avail, &job->out_from);
+    job->out_next = job->out_from + job->out_len;
+    job->out_complete = s->ended;
     job_finish(job, 0, NULL);
     return;
   }
-  if (job->kind == LOOP_JOB_UNLINK) {
+  if (job->kind == LOOP_JOB_WAIT) {
+    if (s->ended) {
+      job_finish(job, 0, NULL);
+      return;
+    }
+    job->ud2 = s;
+    job->next_waiter = s->waiters;
+    s->waiters = job;
+    if (job->timeout_ms >= 0)
+      lws_sul_schedule(l->ctx, 0, &job->timer, wait_timeout,
+                       (lws_usec_t)job->timeout_ms * LWS_US_PER_MS);
+    return;
+  }
+  if (!s->live) {
+    job_fail(job, SBX_E_NOT_RUNNING, "the exec has ended");
+    return;
+  }
+  int rc = 0;
+  char p[64];
+  switch (job->kind) {
+  case LOOP_JOB_SIGNAL:
+    rc = session_send(s, SBX_F_SIGNAL, p, (size_t)snprintf(p, sizeof p, "{\"signal\":%d}", job->signal));
+    break;
+  case LOOP_JOB_STDIN:
+    if (job->len)
+      rc = session_send(s, SBX_F_STDIN, job->data, job->len);
+    if (rc == 0 && job->eof)
+      rc = session_send(s, SBX_F_STDIN_CLOSE, NULL, 0);
+    break;
+  case LOOP_JOB_RESIZE:
+    if (!s->tty) {
+      job_fail(job, SBX_E_NOT_RUNNING, "resize needs an exec started with \"tty\": true");
+      return;
+    }
+    rc = session_send(s, SBX_F_RESIZE, p,
+                      (size_t)snprintf(p, sizeof p, "{\"rows\":%d,\"cols\":%d}", job->rows, job->cols));
+    break;
+  default:
+    break;
+  }
+  if (rc < 0)
+    job_fail(job, SBX_E_NOT_RUNNING, "the exec's sandbox is not reachable");
+  else
+    job_finish(job, 0, NULL);
+}
+
+static void run_job(loop *l, loop_job *job) {
+  switch (job->kind) {
+  case LOOP_JOB_WS:
+    ws_adopt(l, job->fd);
+    job_finish(job, 0, NULL);
+    return;
+  case LOOP_JOB_UNLINK: {
     alink *lk = link_find(l, json_string_value(json_object_get(job->sandbox, "id")));
     if (!lk) {
       job_finish(job, 0, NULL);
@@ -503,22 +455,24 @@ static void run_job(loop *l, loop_job *job) {
     link_close(lk);
     return;
   }
-  alink *lk = link_get(l, job);
-  if (!lk)
-    return;
-  if (!lk->ready || lk->closing) {
-    if (lk->closing) {
-      job_fail(job, SBX_E_NOT_RUNNING, "the sandbox's agent connection is closing");
-      return;
-    }
-    wait_on(lk, job);
+  case LOOP_JOB_LINK: {
+    sbx_err err;
+    alink *lk = link_get(l, job->sandbox, &err);
+    if (!lk)
+      job_finish(job, -1, &err);
+    else if (lk->ready)
+      job_finish(job, 0, NULL);
+    else
+      wait_on(lk, job);
     return;
   }
-  if (job->kind == LOOP_JOB_EXEC)
-    start_exec(lk, job);
-  else
-    job_finish(job, 0, NULL);
-  link_flush(lk);
+  case LOOP_JOB_EXEC:
+    start_job_exec(l, job);
+    return;
+  default:
+    run_exec_job(l, job);
+    return;
+  }
 }
 
 static void drain_queue(loop *l) {
@@ -532,9 +486,6 @@ static void drain_queue(loop *l) {
     run_job(l, q);
     q = next;
   }
-  for (alink *lk = l->links; lk; lk = lk->next)
-    if (lk->conn && agent_conn_want_write(lk->conn))
-      link_flush(lk);
 }
 
 /* --------------------------------------------------------------- callbacks */
@@ -571,15 +522,15 @@ static int agent_cb(struct lws *wsi, enum lws_callback_reasons reason, void *use
       link_closed(lk);
     }
     return 0;
+  case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+  case LWS_CALLBACK_ESTABLISHED:
+    return -1; /* a WebSocket client asking for "sbx-agent": never */
   default:
     return 0;
   }
 }
 
-static const struct lws_protocols protocols[] = {
-    {"sbx-agent", agent_cb, 0, 0, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0},
-};
+static struct lws_protocols protocols[WS_PROTOCOL_COUNT + 2];
 
 static void *loop_main(void *arg) {
   loop *l = arg;
@@ -604,15 +555,26 @@ int loop_start(loop **out, sbx_err *err) {
   if (!l)
     return sbx_fail_errno(err, ENOMEM, "loop");
   pthread_mutex_init(&l->mu, NULL);
+  l->retain_bytes = g_server->cfg.retain_bytes;
+  l->retain_after_exit_ms = g_server->cfg.retain_after_exit_ms;
   lws_set_log_level(LLL_ERR | (sbx_log_threshold >= SBX_LOG_DEBUG ? LLL_WARN : 0),
                     lws_log_to_ours);
+  /* the WebSocket protocols first: a client that asks for none gets sbx.v1.json */
+  for (int i = 0; i < WS_PROTOCOL_COUNT; i++)
+    protocols[i] = ws_protocols[i];
+  protocols[WS_PROTOCOL_COUNT] = (struct lws_protocols){"sbx-agent", agent_cb, 0, 0, 0, NULL, 0};
+  static lws_retry_bo_t retry;
+  retry.secs_since_valid_ping = (uint16_t)g_server->cfg.ws_ping_s;
+  retry.secs_since_valid_hangup = (uint16_t)(g_server->cfg.ws_ping_s * 2);
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
   info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
   info.protocols = protocols;
   info.user = l;
-  info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+  info.options = LWS_SERVER_OPTION_DISABLE_IPV6 | LWS_SERVER_OPTION_VALIDATE_UTF8;
   info.count_threads = 1;
+  info.retry_and_idle_policy = &retry;
+  info.timeout_secs = 10; /* handshake */
   l->ctx = lws_create_context(&info);
   if (!l->ctx) {
     free(l);
@@ -636,11 +598,12 @@ int loop_start(loop **out, sbx_err *err) {
 
 void loop_post(loop *l, loop_job *job) {
   job->next = NULL;
+  pthread_mutex_lock(&l->mu);
   if (atomic_load(&l->stop)) {
+    pthread_mutex_unlock(&l->mu);
     job_fail(job, SBX_E_CAPACITY, "the server is shutting down");
     return;
   }
-  pthread_mutex_lock(&l->mu);
   if (l->queue_tail)
     l->queue_tail->next = job;
   else
@@ -681,19 +644,28 @@ int loop_call(loop *l, loop_job *job) {
 void loop_stop(loop *l) {
   if (!l)
     return;
+  pthread_mutex_lock(&l->mu);
   atomic_store(&l->stop, true);
+  pthread_mutex_unlock(&l->mu);
   lws_cancel_service(l->ctx);
   pthread_join(l->thread, NULL);
   /* The thread is gone: this thread now owns the state.  Answer everyone. */
   sbx_err bye;
   sbx_fail(&bye, SBX_E_CAPACITY, 0, "the server is shutting down");
+  for (session *s = l->sessions; s; s = s->next_all) {
+    if (s->job) {
+      loop_job *job = s->job;
+      s->job = NULL;
+      job_finish(job, -1, &bye);
+    }
+    for (loop_job *w = s->waiters, *n; w; w = n) {
+      n = w->next_waiter;
+      lws_sul_cancel(&w->timer);
+      job_finish(w, 0, NULL);
+    }
+    s->waiters = NULL;
+  }
   for (alink *lk = l->links; lk; lk = lk->next) {
-    for (session *s = lk->sessions; s; s = s->next)
-      if (s->job) {
-        loop_job *job = s->job;
-        s->job = NULL;
-        job_finish(job, -1, &bye);
-      }
     for (loop_job *w = lk->waiting, *n; w; w = n) {
       n = w->next;
       job_finish(w, -1, &bye);
@@ -710,20 +682,17 @@ void loop_stop(loop *l) {
       close(q->fd);
     job_finish(q, -1, &bye);
   }
-  /* Sessions without a waiting request keep running in their sandboxes. */
+  /* Running programs keep running in their sandboxes; the agents keep what
+   * they have not delivered for the next sbxd (except one-shot execs, whose
+   * clients are gone: the agent kills those when the link closes). */
+  while (l->sessions) /* before the context: their timers live in it */
+    session_free(l->sessions);
+  lws_context_destroy(l->ctx); /* closes WebSockets and links through their callbacks */
   for (alink *lk = l->links, *n; lk; lk = n) {
     n = lk->next;
-    for (session *s = lk->sessions, *sn; s; s = sn) {
-      sn = s->next;
-      loop_job_clear(&(loop_job){.res = s->res});
-      free(s);
-    }
-    lws_set_opaque_user_data(lk->wsi, NULL);
     agent_conn_free(lk->conn);
     free(lk);
   }
-  l->links = NULL;
-  lws_context_destroy(l->ctx);
   pthread_mutex_destroy(&l->mu);
   free(l);
 }

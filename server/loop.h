@@ -14,6 +14,7 @@
 #define SBX_SERVER_LOOP_H
 
 #include <jansson.h>
+#include <libwebsockets.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,6 +28,13 @@ typedef enum {
   LOOP_JOB_UNLINK, /* drop the sandbox's agent connection; its sessions end as "killed" */
   LOOP_JOB_EXEC,   /* start an exec; done at STARTED (background) or at its end */
   LOOP_JOB_WS,     /* adopt a WebSocket connection (fd) */
+  /* control of a running exec, by exec_id; rc < 0 with exec_not_found when
+   * the loop does not hold it, sandbox_not_running when it has ended */
+  LOOP_JOB_SIGNAL, /* signal -> the exec's process group */
+  LOOP_JOB_STDIN,  /* data/len appended to stdin, then EOF if eof */
+  LOOP_JOB_RESIZE, /* rows x cols (tty execs) */
+  LOOP_JOB_WAIT,   /* done when the exec ends or timeout_ms passes (rc 0 both) */
+  LOOP_JOB_OUTPUT, /* copy retained output of `stream` from `offset` */
 } loop_job_kind;
 
 typedef struct exec_result {
@@ -54,11 +62,31 @@ typedef struct loop_job {
   exec_result res;
   /* WS */
   int fd;
+  /* control */
+  int signal;
+  const uint8_t *data; /* STDIN: borrowed from the poster */
+  size_t len;
+  bool eof;
+  int rows, cols;
+  int64_t timeout_ms;
+  lws_sorted_usec_list_t timer; /* WAIT timeout, loop-owned */
+  struct loop_job *next_waiter;
+  bool timed_out_wait;
+  /* OUTPUT: in stream/offset; out bytes (malloc'd, freed by loop_job_clear),
+   * the first offset returned, the next one, whether the stream has ended,
+   * and whether the exec is in memory at all */
+  int stream;
+  uint64_t offset;
+  uint8_t *out;
+  size_t out_len;
+  uint64_t out_from, out_next;
+  bool out_complete;
   /* outcome: rc < 0 means the job itself failed (err says why) */
   int rc;
   sbx_err err;
   void (*done)(struct loop_job *job);
   void *ud;
+  void *ud2; /* loop-private */
 } loop_job;
 
 /* Create the lws context and start the loop thread. */

@@ -28,6 +28,10 @@ static void usage(FILE *f) {
           "  --max-body BYTES     largest accepted request body (default 1048576)\n"
           "  --http-threads N     libmicrohttpd worker threads (default 4)\n"
           "  --shutdown-grace-ms N  how long in-flight requests may finish at SIGTERM (default 30000)\n"
+          "  --retain-bytes N     output kept per stream of each exec (default 4194304, min 2097152)\n"
+          "  --retain-after-exit-s N  how long an ended exec's output stays (default 300)\n"
+          "  --ws-ping-s N        ping idle WebSockets after N s, drop them after 2N (default 30)\n"
+          "  --allow-origin URL   a browser Origin allowed to open WebSockets (repeatable; \"*\" = any)\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
           "  --help\n");
 }
@@ -63,12 +67,16 @@ static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
 }
 
 static int parse_args(int argc, char **argv, sbx_config *c) {
-  enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP };
+  enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP,
+         O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
       {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
       {"max-body", required_argument, 0, O_MAXBODY}, {"http-threads", required_argument, 0, O_THREADS},
       {"shutdown-grace-ms", required_argument, 0, O_GRACE}, {"log-level", required_argument, 0, O_LOG},
+      {"retain-bytes", required_argument, 0, O_RETAIN},
+      {"retain-after-exit-s", required_argument, 0, O_RETAIN_AFTER},
+      {"ws-ping-s", required_argument, 0, O_PING}, {"allow-origin", required_argument, 0, O_ORIGIN},
       {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
   const char *data = "./var", *images = NULL, *agent = NULL;
   snprintf(c->host, sizeof c->host, "127.0.0.1");
@@ -76,6 +84,9 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   c->max_body = 1 << 20;
   c->http_threads = 4;
   c->shutdown_grace_ms = 30000;
+  c->retain_bytes = 4u << 20;
+  c->retain_after_exit_ms = 300000;
+  c->ws_ping_s = 30;
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -101,6 +112,28 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       c->shutdown_grace_ms = strtoll(optarg, &end, 10);
       if (*end || c->shutdown_grace_ms < 0)
         return fprintf(stderr, "sbxd: --shutdown-grace-ms wants a number of ms\n"), -1;
+      break;
+    case O_RETAIN:
+      c->retain_bytes = strtoull(optarg, &end, 10);
+      if (*end || c->retain_bytes < (2u << 20))
+        return fprintf(stderr, "sbxd: --retain-bytes wants a byte count >= 2097152\n"), -1;
+      break;
+    case O_RETAIN_AFTER: {
+      long long v = strtoll(optarg, &end, 10);
+      if (*end || v < 0)
+        return fprintf(stderr, "sbxd: --retain-after-exit-s wants seconds >= 0\n"), -1;
+      c->retain_after_exit_ms = v * 1000;
+      break;
+    }
+    case O_PING:
+      c->ws_ping_s = (int)strtol(optarg, &end, 10);
+      if (*end || c->ws_ping_s < 1 || c->ws_ping_s > 3600)
+        return fprintf(stderr, "sbxd: --ws-ping-s wants 1..3600\n"), -1;
+      break;
+    case O_ORIGIN:
+      if (c->n_allow_origin == (int)SBX_ARRAY_LEN(c->allow_origin) || strlen(optarg) >= 256)
+        return fprintf(stderr, "sbxd: too many or too long --allow-origin\n"), -1;
+      snprintf(c->allow_origin[c->n_allow_origin++], 256, "%s", optarg);
       break;
     case O_LOG:
       if (sbx_log_parse_level(optarg, &sbx_log_threshold) < 0)

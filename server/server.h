@@ -27,6 +27,11 @@ typedef struct sbx_config {
   size_t max_body;       /* bytes; larger request bodies get 413 */
   int http_threads;
   int64_t shutdown_grace_ms; /* how long in-flight requests may finish at SIGTERM */
+  uint64_t retain_bytes;         /* output kept per stream of each exec */
+  int64_t retain_after_exit_ms;  /* how long an ended exec's output stays */
+  int ws_ping_s;                 /* ping idle WebSockets after this; drop after twice */
+  char allow_origin[16][256];    /* browser Origins allowed (besides same-host); "*" = any */
+  int n_allow_origin;
 } sbx_config;
 
 struct loop;

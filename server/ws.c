@@ -1,32 +1,707 @@
+/* ws.c - WebSocket streaming (SPEC "WebSocket streaming"), on the loop thread.
+ *
+ * The listener hands each /ws connection to the loop, which adopts it into
+ * libwebsockets.  A client either starts an exec (first message "start",
+ * /v1/sandboxes/{ref}/exec/ws) and owns it, or attaches to one
+ * (/v1/execs/{id}/ws).  Clients pull output from the session's retention at
+ * their own pace, one frame per writable callback, so memory per client stays
+ * constant; see session.c for how the owner's pace throttles the program.
+ */
 #include "ws.h"
 
-#include <stdio.h>
+#include <stdarg.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include "../common/utf8.h"
 #include "../common/util.h"
+#include "../routes/request.h"
+#include "../store/store.h"
+#include "loop_int.h"
+#include "server.h"
 
-void ws_adopt(int fd) {
-  static const char body[] =
-      "{\"error\":{\"kind\":\"not_implemented\",\"message\":\"WebSocket streaming is not "
-      "available in this version of sbxd; use POST /v1/sandboxes/{ref}/exec\"}}";
-  char resp[512];
-  char id[40];
-  sbx_new_id("req_", id, sizeof id);
-  int n = snprintf(resp, sizeof resp,
-                   "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\n"
-                   "Content-Length: %zu\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s",
-                   sizeof body - 1, id, body);
-  /* The request head is already in the socket buffer (the listener peeked
-   * it): read it off so that closing does not reset the connection before
-   * the client has read the answer. */
-  char sink[8192];
-  while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
-    ;
-  if (send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
-    log_debug("ws refusal not fully sent");
-  shutdown(fd, SHUT_WR);
-  close(fd);
-  log_info("ws refused: streaming not implemented");
+#define WS_MAX_MESSAGE (1u << 20)
+
+typedef struct ws_msg {
+  struct ws_msg *next;
+  size_t len;
+  char text[];
+} ws_msg;
+
+struct ws_client {
+  ws_client *next; /* in s->clients */
+  struct lws *wsi;
+  loop *l;
+  session *s;
+  bool binary;      /* sbx.v1.binary */
+  bool b64;         /* JSON mode with "encoding":"base64" */
+  bool owner;
+  bool want_start;  /* /exec/ws: waiting for the start message */
+  char ref[200];    /* sandbox ref of /exec/ws */
+  uint64_t cursor;  /* next seq to look at */
+  uint64_t sent[2]; /* next offset of each stream to deliver */
+  uint8_t hold[2][4];
+  size_t hold_len[2];
+  bool started_sent, end_sent, done_sent;
+  ws_msg *q_head, *q_tail; /* queued JSON events (stdin_error, error) */
+  char *rx;
+  size_t rx_len;
+  int close_code;
+  char close_reason[124];
+  /* attach to an exec that is no longer in memory: what the record says */
+  json_t *record;
+};
+
+ws_client *ws_client_next(const ws_client *c) { return c->next; }
+
+void ws_client_wake(ws_client *c) {
+  if (c->wsi)
+    lws_callback_on_writable(c->wsi);
+}
+
+uint64_t ws_client_lag(const ws_client *c) {
+  const retention *r = &c->s->ret;
+  uint64_t lag = 0;
+  for (int i = 0; i < 2; i++)
+    lag += r->end[i] > c->sent[i] ? r->end[i] - c->sent[i] : 0;
+  return lag;
+}
+
+static void queue_json(ws_client *c, json_t *o) {
+  char *s = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  if (!s)
+    return;
+  size_t n = strlen(s);
+  ws_msg *m = malloc(sizeof *m + n + 1);
+  if (m) {
+    m->next = NULL;
+    m->len = n;
+    memcpy(m->text, s, n + 1);
+    if (c->q_tail)
+      c->q_tail->next = m;
+    else
+      c->q_head = m;
+    c->q_tail = m;
+  }
+  free(s);
+  ws_client_wake(c);
+}
+
+void ws_client_stdin_error(ws_client *c, json_t *failure) {
+  queue_json(c, json_pack("{s:s,s:O*}", "type", "stdin_error", "failure", failure));
+}
+
+static void close_with(ws_client *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void close_with(ws_client *c, int code, const char *fmt, ...) {
+  if (c->close_code)
+    return;
+  c->close_code = code;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->close_reason, sizeof c->close_reason, fmt, ap);
+  va_end(ap);
+  ws_client_wake(c);
+}
+
+static void attach(ws_client *c, session *s, bool owner) {
+  c->s = s;
+  c->owner = owner;
+  c->next = s->clients;
+  s->clients = c;
+  c->cursor = s->ret.first;
+  if (owner)
+    s->owner = c;
+  ws_client_wake(c);
+}
+
+void ws_client_detach(ws_client *c) {
+  session *s = c->s;
+  if (!s)
+    return;
+  for (ws_client **pp = &s->clients; *pp; pp = &(*pp)->next)
+    if (*pp == c) {
+      *pp = c->next;
+      break;
+    }
+  if (s->owner == c) {
+    s->owner = NULL;
+    session_credit_check(s); /* nobody to wait for any more */
+  }
+  c->s = NULL;
+  c->next = NULL;
+}
+
+/* ------------------------------------------------------------------ output */
+
+static int write_text(ws_client *c, const char *text, size_t n) {
+  uint8_t *buf = malloc(LWS_PRE + n);
+  if (!buf)
+    return -1;
+  memcpy(buf + LWS_PRE, text, n);
+  int w = lws_write(c->wsi, buf + LWS_PRE, n, LWS_WRITE_TEXT);
+  free(buf);
+  return w < (int)n ? -1 : 0;
+}
+
+static int write_json(ws_client *c, json_t *o) {
+  char *s = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  if (!s)
+    return -1;
+  int rc = write_text(c, s, strlen(s));
+  free(s);
+  return rc;
+}
+
+static const char *stream_name(int stream) { return stream ? "stderr" : "stdout"; }
+
+/* One output frame from a record (maybe partial, after an offset); returns 1
+ * if a frame was written, 0 if none was needed, -1 on error. */
+static int write_record(ws_client *c, const out_rec *x) {
+  int st = x->stream;
+  uint64_t skip = c->sent[st] - x->offset;
+  const uint8_t *p = x->data + skip;
+  size_t n = x->len - (size_t)skip;
+  uint64_t off = x->offset + skip;
+  c->sent[st] = x->offset + x->len;
+  if (c->binary) {
+    uint8_t *buf = malloc(LWS_PRE + 9 + n);
+    if (!buf)
+      return -1;
+    uint8_t *f = buf + LWS_PRE;
+    f[0] = (uint8_t)(st + 1);
+    for (int i = 0; i < 8; i++)
+      f[1 + i] = (uint8_t)(off >> (56 - 8 * i));
+    memcpy(f + 9, p, n);
+    int w = lws_write(c->wsi, f, 9 + n, LWS_WRITE_BINARY);
+    free(buf);
+    return w < (int)(9 + n) ? -1 : 1;
+  }
+  if (c->b64) {
+    size_t elen;
+    char *e = sbx_b64_encode(p, n, &elen);
+    if (!e)
+      return -1;
+    int rc = write_json(c, json_pack("{s:s,s:I,s:I,s:s%}", "type", stream_name(st), "seq",
+                                     (json_int_t)x->seq, "offset", (json_int_t)off, "data_b64", e,
+                                     elen));
+    free(e);
+    return rc < 0 ? -1 : 1;
+  }
+  /* utf8: a character split across records is held back (<= 3 bytes) */
+  size_t hl = c->hold_len[st], total = hl + n;
+  uint8_t *in = malloc(total ? total : 1);
+  char *out = malloc(3 * total + 1);
+  if (!in || !out) {
+    free(in);
+    free(out);
+    return -1;
+  }
+  memcpy(in, c->hold[st], hl);
+  memcpy(in + hl, p, n);
+  size_t olen;
+  size_t used = sbx_utf8_sanitize(in, total, false, out, &olen);
+  c->hold_len[st] = total - used;
+  memcpy(c->hold[st], in + used, total - used);
+  int rc = 0;
+  if (olen)
+    rc = write_json(c, json_pack("{s:s,s:I,s:I,s:s%}", "type", stream_name(st), "seq",
+                                 (json_int_t)x->seq, "offset", (json_int_t)(off - hl), "data",
+                                 out, olen)) < 0 ? -1 : 1;
+  free(in);
+  free(out);
+  return rc;
+}
+
+static json_t *end_event(const exec_result *r, json_t *failure) {
+  if (failure)
+    return json_pack("{s:s,s:O}", "type", "failed", "failure", failure);
+  if (r->exited)
+    return json_pack("{s:s,s:i,s:o}", "type", "exited", "exit_code", r->exit_code, "signal",
+                     r->signal ? json_integer(r->signal) : json_null());
+  return json_pack("{s:s,s:i,s:i}", "type", "exited", "exit_code", -1, "signal", 9);
+}
+
+/* The terminal events of an ended exec: pending held bytes, the timeout or
+ * loss error, exited/failed, done; then close 1000.  Returns 1 if it wrote. */
+static int write_end(ws_client *c, const exec_result *r, json_t *failure, bool lost) {
+  for (int st = 0; st < 2 && !c->binary && !c->b64; st++)
+    if (c->hold_len[st]) {
+      /* the program ended inside a character: what is held becomes U+FFFD */
+      char out[16];
+      size_t olen;
+      uint64_t off = c->sent[st] - c->hold_len[st];
+      sbx_utf8_sanitize(c->hold[st], c->hold_len[st], true, out, &olen);
+      c->hold_len[st] = 0;
+      return write_json(c, json_pack("{s:s,s:I,s:I,s:s%}", "type", stream_name(st), "seq",
+                                     (json_int_t)(c->s ? c->s->ret.next - 1 : 0), "offset",
+                                     (json_int_t)off, "data", out, olen)) < 0 ? -1 : 1;
+    }
+  if (!c->end_sent) {
+    c->end_sent = true;
+    if (r->timed_out || lost) {
+      /* the error event first, then exited, as SPEC orders them */
+      const char *id = c->s ? c->s->exec_id : "";
+      json_t *e = r->timed_out
+          ? json_pack("{s:s,s:{s:s,s:s,s:s}}", "type", "error", "error", "kind", "exec_timeout",
+                      "message", "the exec timed out and its process group was killed",
+                      "exec_id", id)
+          : json_pack("{s:s,s:{s:s,s:s,s:s}}", "type", "error", "error", "kind",
+                      "sandbox_not_running", "message",
+                      "the sandbox stopped while the exec was running", "exec_id", id);
+      queue_json(c, end_event(r, failure));
+      return write_json(c, e) < 0 ? -1 : 1;
+    }
+    return write_json(c, end_event(r, failure)) < 0 ? -1 : 1;
+  }
+  if (!c->done_sent) {
+    c->done_sent = true;
+    close_with(c, LWS_CLOSE_STATUS_NORMAL, "done");
+    return write_json(c, json_pack("{s:s}", "type", "done")) < 0 ? -1 : 1;
+  }
+  return 0;
+}
+
+/* An attach to an exec only the database remembers: started, gaps, end. */
+static int write_from_record(ws_client *c) {
+  json_t *rec = c->record;
+  if (!c->started_sent) {
+    c->started_sent = true;
+    json_t *pid = json_object_get(rec, "pid");
+    if (json_is_integer(pid))
+      return write_json(c, json_pack("{s:s,s:s,s:O}", "type", "started", "exec_id",
+                                     json_string_value(json_object_get(rec, "exec_id")), "pid",
+                                     pid)) < 0 ? -1 : 1;
+  }
+  static const char *keys[2] = {"stdout_bytes", "stderr_bytes"};
+  for (int st = 0; st < 2; st++) {
+    uint64_t total = (uint64_t)json_integer_value(json_object_get(rec, keys[st]));
+    if (c->sent[st] < total) {
+      json_t *gap = json_pack("{s:s,s:s,s:I,s:I}", "type", "gap", "stream", stream_name(st),
+                              "from", (json_int_t)c->sent[st], "to", (json_int_t)total);
+      c->sent[st] = total;
+      return write_json(c, gap) < 0 ? -1 : 1;
+    }
+  }
+  exec_result r = {0};
+  json_t *failure = json_object_get(rec, "failure");
+  const char *state = json_string_value(json_object_get(rec, "state"));
+  r.exited = state && (!strcmp(state, "exited") || !strcmp(state, "timed_out"));
+  r.timed_out = state && !strcmp(state, "timed_out");
+  r.exit_code = (int)json_integer_value(json_object_get(rec, "exit_code"));
+  r.signal = (int)json_integer_value(json_object_get(rec, "signal"));
+  return write_end(c, &r, json_is_object(failure) ? failure : NULL, false);
+}
+
+static int write_next(ws_client *c) {
+  if (c->q_head && (c->started_sent || !c->s || c->s->failure)) {
+    ws_msg *m = c->q_head;
+    c->q_head = m->next;
+    if (!c->q_head)
+      c->q_tail = NULL;
+    int rc = write_text(c, m->text, m->len);
+    free(m);
+    return rc < 0 ? -1 : 1;
+  }
+  if (c->record)
+    return write_from_record(c);
+  session *s = c->s;
+  if (!s)
+    return 0;
+  if (!c->started_sent && s->res.started) {
+    c->started_sent = true;
+    return write_json(c, json_pack("{s:s,s:s,s:i}", "type", "started", "exec_id", s->exec_id,
+                                   "pid", s->res.pid)) < 0 ? -1 : 1;
+  }
+  if (!c->started_sent && !s->ended)
+    return 0;
+  const retention *r = &s->ret;
+  if (c->cursor < r->first)
+    c->cursor = r->first;
+  while (c->cursor < r->next) {
+    const out_rec *x = retention_get(r, c->cursor);
+    if (!x || x->offset + x->len <= c->sent[x->stream]) {
+      c->cursor++;
+      continue;
+    }
+    if (x->offset > c->sent[x->stream]) {
+      /* fell behind retention: say what is missing, then go on */
+      json_t *gap = json_pack("{s:s,s:s,s:I,s:I}", "type", "gap", "stream",
+                              stream_name(x->stream), "from", (json_int_t)c->sent[x->stream],
+                              "to", (json_int_t)x->offset);
+      c->sent[x->stream] = x->offset;
+      c->hold_len[x->stream] = 0;
+      return write_json(c, gap) < 0 ? -1 : 1;
+    }
+    c->cursor++;
+    int rc = write_record(c, x);
+    if (c->owner)
+      session_credit_check(s);
+    if (rc != 0)
+      return rc;
+  }
+  if (s->ended)
+    return write_end(c, &s->res, s->failure, !s->res.exited && !s->failure);
+  return 0;
+}
+
+/* ------------------------------------------------------------------- input */
+
+static void decrefp(json_t **j) { json_decref(*j); }
+#define cleanup_json __attribute__((cleanup(decrefp)))
+
+static bool session_running(ws_client *c, const char *what) {
+  if (c->s && c->s->live)
+    return true;
+  if (!strcmp(what, "stdin")) {
+    ws_client_stdin_error(c, json_pack("{s:s,s:s}", "kind", "other", "message",
+                                       "the exec is not running"));
+    return false;
+  }
+  queue_json(c, json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "kind",
+                          "sandbox_not_running", "message", "the exec is not running"));
+  return false;
+}
+
+static void start_exec(ws_client *c, json_t *msg) {
+  store *st = store_thread();
+  cleanup_json json_t *sb = NULL;
+  sbx_err err;
+  if (!st || store_sandbox_get(st, c->ref, &sb, &err) < 0) {
+    close_with(c, 4404, "no sandbox '%.80s'", c->ref);
+    return;
+  }
+  if (strcmp(json_string_value(json_object_get(sb, "state")), "running") != 0) {
+    close_with(c, 4409, "sandbox '%.80s' is not running", c->ref);
+    return;
+  }
+  const char *shell = json_string_value(json_object_get(sb, "shell"));
+  exec_request req;
+  if (exec_request_parse(msg, false, shell ? shell : "/bin/sh", true, &req, &err) < 0) {
+    close_with(c, 1008, "%s%s%.100s", err.field[0] ? err.field : "", err.field[0] ? ": " : "",
+               err.msg);
+    return;
+  }
+  char exec_id[32];
+  sbx_new_id("ex_", exec_id, sizeof exec_id);
+  json_t *spec = exec_request_agent_spec(&req, sb, exec_id);
+  json_object_set_new(spec, "stdin_pipe", json_true());
+  json_object_set_new(spec, "kill_on_disconnect", json_boolean(!req.detach));
+  c->b64 = req.encoding == SBX_ENC_BASE64;
+  bool tty = req.tty, detach = req.detach;
+  exec_request_clear(&req);
+  char now[32];
+  sbx_rfc3339(sbx_now_ms(), now, sizeof now);
+  const char *sandbox_id = json_string_value(json_object_get(sb, "id"));
+  cleanup_json json_t *rec = json_pack(
+      "{s:s,s:s,s:O,s:O,s:O,s:O,s:b,s:s,s:s,s:i,s:i}", "exec_id", exec_id, "sandbox_id",
+      sandbox_id, "cmd", json_object_get(spec, "cmd"), "args", json_object_get(spec, "args"),
+      "cwd", json_object_get(spec, "cwd"), "user", json_object_get(spec, "user") ?: json_null(),
+      "tty", tty, "state", "running", "started_at", now, "stdout_bytes", 0, "stderr_bytes", 0);
+  if (!rec || store_exec_insert(st, rec, &err) < 0) {
+    json_decref(spec);
+    close_with(c, 1011, "cannot record the exec: %.90s", err.msg);
+    return;
+  }
+  alink *lk = link_get(c->l, sb, &err);
+  session *s = lk ? session_new(c->l, lk, lk->next_session++, exec_id, sandbox_id) : NULL;
+  if (!s) {
+    json_decref(spec);
+    json_t *f = json_pack("{s:s,s:s}", "state", "failed", "ended_at", now);
+    store_exec_update(st, exec_id, f, NULL);
+    json_decref(f);
+    close_with(c, 4409, "sandbox '%.80s' is not reachable", c->ref);
+    return;
+  }
+  s->tty = tty;
+  s->kill_on_owner_close = !detach;
+  c->want_start = false;
+  attach(c, s, true);
+  link_exec(lk, s, spec);
+}
+
+static void on_control(ws_client *c, json_t *msg) {
+  const char *type = json_string_value(json_object_get(msg, "type"));
+  if (!type) {
+    close_with(c, 1008, "a message needs a string \"type\"");
+    return;
+  }
+  if (c->want_start) {
+    if (strcmp(type, "start") != 0)
+      close_with(c, 1008, "the first message must be {\"type\":\"start\",...}");
+    else
+      start_exec(c, msg);
+    return;
+  }
+  session *s = c->s;
+  if (!strcmp(type, "stdin")) {
+    json_t *d = json_object_get(msg, "data"), *b = json_object_get(msg, "data_b64");
+    if (json_is_string(d) == json_is_string(b)) {
+      close_with(c, 1008, "stdin needs exactly one of \"data\" or \"data_b64\"");
+      return;
+    }
+    size_t n = 0;
+    uint8_t *bytes = d ? (uint8_t *)strdup(json_string_value(d))
+                       : sbx_b64_decode(json_string_value(b), json_string_length(b), &n);
+    if (!bytes) {
+      close_with(c, 1008, "stdin data_b64 is not valid base64");
+      return;
+    }
+    if (d)
+      n = json_string_length(d);
+    if (session_running(c, "stdin"))
+      session_send(s, SBX_F_STDIN, bytes, n);
+    free(bytes);
+  } else if (!strcmp(type, "stdin_close")) {
+    if (session_running(c, "stdin"))
+      session_send(s, SBX_F_STDIN_CLOSE, NULL, 0);
+  } else if (!strcmp(type, "signal") || !strcmp(type, "kill")) {
+    int sig = !strcmp(type, "kill") ? 9 : sbx_signal_parse(json_object_get(msg, "signal"));
+    if (sig < 0) {
+      close_with(c, 1008, "unknown signal");
+      return;
+    }
+    if (session_running(c, "signal")) {
+      json_t *o = json_pack("{s:i}", "signal", sig);
+      char *p = json_dumps(o, JSON_COMPACT);
+      session_send(s, SBX_F_SIGNAL, p, strlen(p));
+      free(p);
+      json_decref(o);
+    }
+  } else if (!strcmp(type, "resize")) {
+    json_t *r = json_object_get(msg, "rows"), *k = json_object_get(msg, "cols");
+    json_int_t rows = json_integer_value(r), cols = json_integer_value(k);
+    if (!json_is_integer(r) || !json_is_integer(k) || rows < 1 || rows > 1000 || cols < 1 ||
+        cols > 1000) {
+      close_with(c, 1008, "resize needs integer rows and cols from 1 to 1000");
+      return;
+    }
+    if (!session_running(c, "resize"))
+      return;
+    if (!s->tty) {
+      queue_json(c, json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "kind",
+                              "invalid_request", "message", "resize needs a tty exec"));
+      return;
+    }
+    char p[64];
+    int n = snprintf(p, sizeof p, "{\"rows\":%d,\"cols\":%d}", (int)rows, (int)cols);
+    session_send(s, SBX_F_RESIZE, p, (size_t)n);
+  } else if (!strcmp(type, "start")) {
+    close_with(c, 1008, "this socket already has an exec");
+  } else {
+    close_with(c, 1008, "unknown message type '%.60s'", type);
+  }
+}
+
+static void on_message(ws_client *c, bool is_binary) {
+  if (is_binary) {
+    if (!c->binary || c->rx_len < 1 || c->rx[0] != 0) {
+      close_with(c, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+                 c->binary ? "binary frames from the client must be [0][stdin bytes]"
+                           : "binary frames need the sbx.v1.binary subprotocol");
+      return;
+    }
+    if (c->want_start) {
+      close_with(c, 1008, "the first message must be {\"type\":\"start\",...}");
+      return;
+    }
+    if (session_running(c, "stdin"))
+      session_send(c->s, SBX_F_STDIN, c->rx + 1, c->rx_len - 1);
+    return;
+  }
+  json_error_t je;
+  cleanup_json json_t *msg = json_loadb(c->rx, c->rx_len, JSON_REJECT_DUPLICATES, &je);
+  if (!json_is_object(msg)) {
+    close_with(c, 1008, "messages must be JSON objects (%.80s)", msg ? "not an object" : je.text);
+    return;
+  }
+  on_control(c, msg);
+}
+
+/* ------------------------------------------------------------- connections */
+
+static void setup(ws_client *c) {
+  char uri[512];
+  if (lws_hdr_copy(c->wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0) {
+    close_with(c, 1008, "no request path");
+    return;
+  }
+  char ref[200], tail[16];
+  int n = 0;
+  if (sscanf(uri, "/v1/sandboxes/%199[^/]/exec/%15s%n", ref, tail, &n) == 2 &&
+      !strcmp(tail, "ws") && uri[n] == '\0') {
+    snprintf(c->ref, sizeof c->ref, "%s", ref);
+    c->want_start = true;
+    return;
+  }
+  if (sscanf(uri, "/v1/execs/%199[^/]/%15s%n", ref, tail, &n) != 2 || strcmp(tail, "ws") ||
+      uri[n] != '\0') {
+    close_with(c, 4404, "no WebSocket route %.100s", uri);
+    return;
+  }
+  char arg[64];
+  uint64_t off[2] = {0, 0};
+  const char *names[2] = {"offset=", "stderr_offset="};
+  for (int i = 0; i < 2; i++)
+    if (lws_get_urlarg_by_name(c->wsi, names[i], arg, sizeof arg)) {
+      char *end;
+      long long v = strtoll(arg, &end, 10);
+      if (!*arg || *end || v < 0) {
+        close_with(c, 1008, "%.20s must be a byte offset >= 0", names[i]);
+        return;
+      }
+      off[i] = (uint64_t)v;
+    }
+  c->sent[0] = off[0];
+  c->sent[1] = off[1];
+  session *s = session_by_exec(c->l, ref);
+  if (s) {
+    attach(c, s, false);
+    return;
+  }
+  store *st = store_thread();
+  sbx_err err;
+  if (!st || store_exec_get(st, ref, &c->record, &err) < 0) {
+    close_with(c, 4404, "no exec '%.80s'", ref);
+    return;
+  }
+  if (!strcmp(json_string_value(json_object_get(c->record, "state")), "running")) {
+    /* the record says running but no agent holds it (e.g. after a restart
+     * that could not re-attach): say so rather than hang */
+    json_decref(c->record);
+    c->record = NULL;
+    close_with(c, 4409, "exec '%.80s' is not reachable", ref);
+    return;
+  }
+  ws_client_wake(c);
+}
+
+static void client_free(ws_client *c) {
+  session *s = c->s;
+  if (s && s->owner == c && s->kill_on_owner_close && s->live) {
+    /* the starting client left: kill the whole process group (SPEC) */
+    static const char kill9[] = "{\"signal\":9}";
+    session_send(s, SBX_F_SIGNAL, kill9, sizeof kill9 - 1);
+  }
+  ws_client_detach(c);
+  for (ws_msg *m = c->q_head, *n; m; m = n) {
+    n = m->next;
+    free(m);
+  }
+  json_decref(c->record);
+  free(c->rx);
+  free(c);
+}
+
+/* Browsers send Origin; others do not.  Allowed: no Origin, an Origin whose
+ * host:port is the Host the client connected to, or one in --allow-origin. */
+static bool origin_allowed(struct lws *wsi) {
+  char origin[256], host[256];
+  if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
+    return true;
+  for (int i = 0; i < g_server->cfg.n_allow_origin; i++)
+    if (!strcmp(g_server->cfg.allow_origin[i], "*") ||
+        !strcasecmp(g_server->cfg.allow_origin[i], origin))
+      return true;
+  if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)
+    return false;
+  const char *o = strstr(origin, "://");
+  return o && !strcasecmp(o + 3, host);
+}
+
+static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                 size_t len) {
+  ws_client **pc = user;
+  ws_client *c = pc ? *pc : NULL;
+  switch (reason) {
+  case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    if (!origin_allowed(wsi)) {
+      log_info("ws refused: Origin not allowed");
+      return -1;
+    }
+    return 0;
+  case LWS_CALLBACK_ESTABLISHED: {
+    loop *l = lws_context_user(lws_get_context(wsi));
+    c = calloc(1, sizeof *c);
+    if (!c)
+      return -1;
+    *pc = c;
+    c->wsi = wsi;
+    c->l = l;
+    c->binary = !strcmp(lws_get_protocol(wsi)->name, "sbx.v1.binary");
+    setup(c);
+    return 0;
+  }
+  case LWS_CALLBACK_RECEIVE: {
+    if (!c || c->close_code)
+      return 0;
+    if (c->rx_len + len > WS_MAX_MESSAGE) {
+      close_with(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message over %u bytes", WS_MAX_MESSAGE);
+      free(c->rx);
+      c->rx = NULL;
+      c->rx_len = 0;
+      return 0;
+    }
+    char *nb = realloc(c->rx, c->rx_len + len + 1);
+    if (!nb)
+      return -1;
+    c->rx = nb;
+    memcpy(c->rx + c->rx_len, in, len);
+    c->rx_len += len;
+    if (!lws_is_final_fragment(wsi) || lws_remaining_packet_payload(wsi))
+      return 0;
+    on_message(c, lws_frame_is_binary(wsi));
+    c->rx_len = 0;
+    return 0;
+  }
+  case LWS_CALLBACK_SERVER_WRITEABLE: {
+    if (!c)
+      return -1;
+    if (c->close_code && !c->q_head) {
+      lws_close_reason(wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_reason,
+                       strlen(c->close_reason));
+      return -1;
+    }
+    int rc = write_next(c);
+    if (rc < 0)
+      return -1;
+    if (rc > 0 || c->close_code)
+      lws_callback_on_writable(wsi);
+    return 0;
+  }
+  case LWS_CALLBACK_CLOSED:
+    if (c) {
+      *pc = NULL;
+      client_free(c);
+    }
+    return 0;
+  case LWS_CALLBACK_HTTP: {
+    /* a plain GET on a /ws path: say what is needed */
+    static const char body[] = "{\"error\":{\"kind\":\"invalid_request\",\"message\":\"this route "
+                               "is a WebSocket: send a GET with Upgrade: websocket\"}}";
+    uint8_t buf[LWS_PRE + 512], *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf;
+    if (lws_add_http_common_headers(wsi, HTTP_STATUS_BAD_REQUEST, "application/json",
+                                    sizeof body - 1, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+      return -1;
+    memcpy(buf + LWS_PRE, body, sizeof body - 1);
+    lws_write(wsi, buf + LWS_PRE, sizeof body - 1, LWS_WRITE_HTTP_FINAL);
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+  }
+  default:
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+  }
+}
+
+const struct lws_protocols ws_protocols[] = {
+    {"sbx.v1.json", ws_cb, sizeof(ws_client *), 4096, 0, NULL, 0},
+    {"sbx.v1.binary", ws_cb, sizeof(ws_client *), 4096, 0, NULL, 0},
+};
+
+void ws_adopt(loop *l, int fd) {
+  if (!lws_adopt_socket_vhost(l->vh, fd))
+    log_warn("libwebsockets could not adopt a connection");
 }

@@ -212,11 +212,33 @@ class TestExec(SbxTestCase):
         self.assertEqual(f["errno_name"], "EACCES")
         self.assertEqual(f["path"], "/tmp/f")
 
+    def test_fail_not_executable(self):
+        self.sh_ok(self.name, "printf '\\001\\002garbage' > /tmp/g; chmod 755 /tmp/g")
+        r = self.exec(self.name, cmd="/tmp/g")
+        f = self._failure(r, "not_executable")
+        self.assertEqual(f["errno_name"], "ENOEXEC")
+        self.assertEqual(f["path"], "/tmp/g")
+
+    def test_fail_bad_args(self):
+        # one argument over the kernel's MAX_ARG_STRLEN (128 KiB): E2BIG
+        r = self.exec(self.name, cmd="echo", args=["a" * 200000])
+        f = self._failure(r, "bad_args")
+        self.assertEqual(f["errno_name"], "E2BIG")
+
+    def test_fail_directory(self):
+        self.sh_ok(self.name, "mkdir -p /tmp/adir")
+        r = self.exec(self.name, cmd="/tmp/adir")
+        self._failure(r, "permission_denied")
+
     def test_fail_bad_cwd(self):
         r = self.exec(self.name, cmd="true", cwd="/no/such/dir")
         f = self._failure(r, "bad_cwd")
         self.assertEqual(f["errno_name"], "ENOENT")
         self.assertEqual(f["path"], "/no/such/dir")
+        self.assertEqual(f["stage"], "chdir")
+        r = self.exec(self.name, cmd="true", cwd="/etc/passwd")
+        f = self._failure(r, "bad_cwd")
+        self.assertEqual(f["errno_name"], "ENOTDIR")
 
     def test_fail_bad_user(self):
         r = self.exec(self.name, cmd="true", user="nosuchuser")

@@ -97,7 +97,15 @@ static void agent_teardown(void) {
   if (g_agent > 0) {
     kill(g_agent, SIGTERM);
     int st;
-    waitpid(g_agent, &st, 0);
+    int64_t end = now_ms() + 3000;
+    while (waitpid(g_agent, &st, WNOHANG) == 0) {
+      if (now_ms() > end) { /* a wrapper (SBX_AGENT=unshare ...) may ignore SIGTERM */
+        kill(g_agent, SIGKILL);
+        waitpid(g_agent, &st, 0);
+        break;
+      }
+      usleep(10000);
+    }
     g_agent = -1;
   }
   char cmd[400];
