@@ -91,6 +91,7 @@ static enum MHD_Result start(http_req *r, json_t *body, bool shell_mode) {
   sbx_err err;
   if (store_sandbox_get(st, r->params[0], &s->sandbox, &err) < 0)
     return http_reply_error(r, &err, NULL);
+  sandbox_touch(json_string_value(json_object_get(s->sandbox, "id")));
   const char *shell = json_string_value(json_object_get(s->sandbox, "shell"));
   if (exec_request_parse(body, shell_mode, shell ? shell : "/bin/sh", false, &s->req, &err) < 0)
     return http_reply_error(r, &err, NULL);

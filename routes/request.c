@@ -614,7 +614,7 @@ json_t *exec_request_agent_spec(const exec_request *r, json_t *sandbox, const ch
   cleanup_json json_t *spec = json_pack(
       "{s:s,s:s,s:O,s:s,s:O,s:I,s:b,s:b,s:i,s:i,s:I,s:I,s:I,s:b}", "exec_id", exec_id, "cmd",
       r->cmd ? r->cmd : "", "args", args, "cwd", cwd, "env", env, "timeout_ms",
-      (json_int_t)r->timeout_ms, "stdin_pipe", 0, "tty", (int)r->tty, "rows", r->rows, "cols",
+      (json_int_t)r->timeout_ms, "stdin_pipe", (int)(r->background && !r->has_stdin), "tty", (int)r->tty, "rows", r->rows, "cols",
       r->cols, "credit_stdout", (json_int_t)262144, "credit_stderr", (json_int_t)262144,
       "grace_ms", (json_int_t)200, "kill_on_disconnect", (int)(!r->background && !r->detach));
   if (!spec)

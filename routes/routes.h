@@ -12,11 +12,13 @@
 /* body: the parsed JSON object for routes that take one (NULL otherwise). */
 typedef enum MHD_Result (*route_fn)(http_req *r, json_t *body);
 
+typedef enum { BODY_NONE, BODY_JSON, BODY_RAW } route_body;
+
 typedef struct route {
   const char *method;
   const char *path; /* segments; "{}" matches one non-empty segment */
   route_fn fn;
-  bool takes_body;
+  route_body body; /* JSON: parsed and passed; RAW: left in r->body for the handler */
 } route;
 
 extern const route routes_table[];
@@ -37,6 +39,17 @@ enum MHD_Result route_exec(http_req *r, json_t *body);
 enum MHD_Result route_shell(http_req *r, json_t *body);
 enum MHD_Result route_exec_list(http_req *r, json_t *body);
 enum MHD_Result route_exec_get(http_req *r, json_t *body);
+enum MHD_Result route_exec_wait(http_req *r, json_t *body);
+enum MHD_Result route_exec_signal(http_req *r, json_t *body);
+enum MHD_Result route_exec_kill(http_req *r, json_t *body);
+enum MHD_Result route_exec_stdin(http_req *r, json_t *body);
+enum MHD_Result route_exec_resize(http_req *r, json_t *body);
+enum MHD_Result route_exec_output(http_req *r, json_t *body);
+
+/* Note API activity on a sandbox (for idle_timeout_s). */
+void sandbox_touch(const char *sandbox_id);
+/* Stop sandboxes past idle_timeout_s or max_duration_s (called every second). */
+void sandboxes_reap(void);
 
 /* Recover at start: re-link running sandboxes, mark the others stopped. */
 void sandboxes_recover(void);

@@ -6,7 +6,9 @@
  * thread: the driver calls block for milliseconds, and linking to the agent
  * is a short loop_call. */
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/util.h"
 #include "../server/server.h"
@@ -106,6 +108,7 @@ static json_t *lookup(http_req *r, store *st, enum MHD_Result *ret) {
     *ret = http_reply_error(r, &err, NULL);
     return NULL;
   }
+  sandbox_touch(sb_id(sb));
   return sb;
 }
 
@@ -316,6 +319,117 @@ void sandboxes_recover(void) {
       store_exec_end_running(st, sb_id(sb), "killed", NULL);
       store_sandbox_set_state(st, sb_id(sb), "stopped", NULL, NULL);
       log_info("sandbox=%s was %s but its agent is gone: marked stopped", sb_id(sb), state);
+    }
+    json_decref(list);
+    free((char *)cursor);
+    cursor = next;
+  } while (cursor);
+}
+
+/* ------------------------------------------------------ idle and max duration */
+
+/* Last API activity per sandbox, in memory: after a restart every sandbox
+ * counts as active from the restart on. */
+#define ACTIVITY_SLOTS 4096
+static struct {
+  char id[32];
+  int64_t ms;
+} activity[ACTIVITY_SLOTS];
+static pthread_mutex_t activity_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t activity_floor_ms; /* the server's start */
+
+static size_t activity_slot(const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = id; *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  return h % ACTIVITY_SLOTS;
+}
+
+void sandbox_touch(const char *sandbox_id) {
+  if (!sandbox_id)
+    return;
+  pthread_mutex_lock(&activity_mu);
+  size_t i = activity_slot(sandbox_id);
+  snprintf(activity[i].id, sizeof activity[i].id, "%s", sandbox_id);
+  activity[i].ms = sbx_mono_ms();
+  pthread_mutex_unlock(&activity_mu);
+}
+
+/* Milliseconds since the sandbox's last API activity.  A slot shared by two
+ * sandboxes only ever makes one of them look more active (never idle early). */
+static int64_t idle_for(const char *sandbox_id) {
+  pthread_mutex_lock(&activity_mu);
+  size_t i = activity_slot(sandbox_id);
+  int64_t last = strcmp(activity[i].id, sandbox_id) == 0 ? activity[i].ms : 0;
+  pthread_mutex_unlock(&activity_mu);
+  if (!activity_floor_ms)
+    activity_floor_ms = sbx_mono_ms();
+  if (last < activity_floor_ms)
+    last = activity_floor_ms;
+  return sbx_mono_ms() - last;
+}
+
+static int64_t parse_time_ms(const char *ts) {
+  struct tm tm = {0};
+  int ms = 0;
+  if (!ts || sscanf(ts, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) != 7)
+    return 0;
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+/* Why a running sandbox should stop now, or NULL. */
+static const char *reap_reason(store *st, json_t *sb) {
+  json_int_t max_s = json_integer_value(json_object_get(sb, "max_duration_s"));
+  json_int_t idle_s = json_integer_value(json_object_get(sb, "idle_timeout_s"));
+  if (max_s > 0) {
+    int64_t started = parse_time_ms(json_string_value(json_object_get(sb, "started_at")));
+    if (started && sbx_now_ms() - started >= max_s * 1000)
+      return "max_duration_s";
+  }
+  if (idle_s > 0 && idle_for(sb_id(sb)) >= idle_s * 1000) {
+    json_t *running = NULL;
+    char *next = NULL;
+    bool busy = true; /* if we cannot tell, do not stop */
+    if (store_exec_list(st, sb_id(sb), "running", 1, NULL, &running, &next, NULL) == 0)
+      busy = json_array_size(running) > 0;
+    json_decref(running);
+    free(next);
+    if (!busy)
+      return "idle_timeout_s";
+  }
+  return NULL;
+}
+
+void sandboxes_reap(void) {
+  store *st = store_thread();
+  if (!st)
+    return;
+  const char *cursor = NULL;
+  char *next = NULL;
+  do {
+    json_t *list = NULL;
+    if (store_sandbox_list(st, "running", NULL, 500, cursor, &list, &next, NULL) < 0)
+      return;
+    size_t i;
+    json_t *sb;
+    json_array_foreach(list, i, sb) {
+      if (!reap_reason(st, sb))
+        continue;
+      cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb));
+      cleanup_json json_t *fresh = NULL;
+      if (store_sandbox_get(st, sb_id(sb), &fresh, NULL) < 0 ||
+          strcmp(json_string_value(json_object_get(fresh, "state")), "running") != 0)
+        continue;
+      const char *why = reap_reason(st, fresh); /* again, under the lock */
+      if (!why)
+        continue;
+      sbx_err err;
+      log_info("sandbox=%s stopping: %s passed", sb_id(sb), why);
+      if (sandbox_stop_locked(st, fresh, &err) < 0)
+        log_error("sandbox=%s stop failed: %s", sb_id(sb), err.msg);
     }
     json_decref(list);
     free((char *)cursor);

@@ -35,8 +35,8 @@ static void req_free(http_req *r) {
 
 /* ----------------------------------------------------------------- replies */
 
-static enum MHD_Result queue(http_req *r, int status, struct MHD_Response *resp,
-                             const char *ctype) {
+enum MHD_Result http_queue(http_req *r, int status, struct MHD_Response *resp,
+                           const char *ctype) {
   if (!resp)
     return MHD_NO;
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
@@ -55,11 +55,11 @@ enum MHD_Result http_reply_bytes(http_req *r, int status, const char *ctype, con
                                  size_t len) {
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
-  return queue(r, status, resp, ctype);
+  return http_queue(r, status, resp, ctype);
 }
 
 enum MHD_Result http_reply_empty(http_req *r, int status) {
-  return queue(r, status, MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT), NULL);
+  return http_queue(r, status, MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT), NULL);
 }
 
 enum MHD_Result http_reply_json(http_req *r, int status, json_t *obj) {
@@ -72,7 +72,7 @@ enum MHD_Result http_reply_json(http_req *r, int status, json_t *obj) {
   size_t n = strlen(s);
   s[n] = '\n'; /* a trailing newline keeps curl output readable; the NUL is dropped */
   struct MHD_Response *resp = MHD_create_response_from_buffer(n + 1, s, MHD_RESPMEM_MUST_FREE);
-  return queue(r, status, resp, "application/json");
+  return http_queue(r, status, resp, "application/json");
 }
 
 enum MHD_Result http_reply_error(http_req *r, const sbx_err *err, json_t *extra) {
@@ -101,7 +101,7 @@ enum MHD_Result http_reply_stream(http_req *r, int status, const char *ctype,
       MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, reader, cls, free_cb);
   if (!resp)
     free_cb(cls);
-  return queue(r, status, resp, ctype);
+  return http_queue(r, status, resp, ctype);
 }
 
 const char *http_query(http_req *r, const char *key) {
@@ -196,12 +196,12 @@ static enum MHD_Result dispatch(http_req *r) {
         MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_COPY);
     if (resp)
       MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    return queue(r, 405, resp, "application/json");
+    return http_queue(r, 405, resp, "application/json");
   }
   if (!hit)
     return http_reply_fail(r, SBX_E_NOT_FOUND, "no route for %s %s", r->method, r->url);
   json_t *body = NULL;
-  if (hit->takes_body) {
+  if (hit->body == BODY_JSON) {
     if (r->body_len == 0) {
       body = json_object(); /* `curl -XPOST url` with no body means "all defaults" */
     } else {

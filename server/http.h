@@ -60,6 +60,9 @@ enum MHD_Result http_reply_error(http_req *r, const sbx_err *err, json_t *extra)
 /* Shorthand: fail with kind + message. */
 enum MHD_Result http_reply_fail(http_req *r, sbx_err_kind kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Queue a response built by the caller (destroyed here), adding the common
+ * headers (X-Request-Id, Content-Type if ctype, Retry-After for 429/503). */
+enum MHD_Result http_queue(http_req *r, int status, struct MHD_Response *resp, const char *ctype);
 /* Reply with bytes (copied) and a content type. */
 enum MHD_Result http_reply_bytes(http_req *r, int status, const char *ctype, const void *data,
                                  size_t len);

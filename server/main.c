@@ -222,8 +222,16 @@ int main(int argc, char **argv) {
   log_info("sbxd %s listening on %s:%d data_dir=%s images_dir=%s", SBX_VERSION, server.cfg.host,
            listener_port(lst), server.cfg.data_dir, server.cfg.images_dir);
 
+  /* The main thread waits for a signal and, every second, stops sandboxes
+   * past their idle_timeout_s or max_duration_s. */
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    struct timespec tick = {1, 0};
+    sig = sigtimedwait(&sigs, NULL, &tick);
+    if (sig > 0)
+      break;
+    sandboxes_reap();
+  }
   log_info("signal %d: shutting down (in-flight requests may finish for %lld ms)", sig,
            (long long)server.cfg.shutdown_grace_ms);
   atomic_store(&server.stopping, true);
