@@ -102,6 +102,7 @@ struct agent_session {
   int out_fd[2];
   bool out_hup[2]; /* poll saw the writers gone while we had no credit to read */
   uint64_t credit[2];
+  uint64_t sent[2]; /* output bytes handed to a connection, per stream (HELLO reports them) */
   /* stdin */
   int in_fd;
   uint8_t *in_buf;
@@ -376,6 +377,7 @@ static bool session_read_stream(agent_session *s, int which) {
     sbx_proto_put_hdr(p, (uint32_t)n, s->id, which == OUT_STDOUT ? SBX_F_STDOUT : SBX_F_STDERR);
     c->out.len += SBX_PROTO_HDR + (size_t)n;
     s->credit[which] -= (uint64_t)n;
+    s->sent[which] += (uint64_t)n;
     return true;
   }
   if (n < 0 && errno == EAGAIN)
@@ -820,8 +822,11 @@ static void send_hello(agent *a, agent_conn *c) {
     const char *st = s->state != SS_ENDED            ? "running"
                      : s->final_type == SBX_F_FAILED ? "failed"
                                                      : "exited";
-    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i}", "session", (json_int_t)s->id,
-                                          "exec_id", s->exec_id, "state", st, "pid", (int)s->pid));
+    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i,s:I,s:I}", "session",
+                                          (json_int_t)s->id, "exec_id", s->exec_id, "state", st,
+                                          "pid", (int)s->pid, "stdout_bytes",
+                                          (json_int_t)s->sent[0], "stderr_bytes",
+                                          (json_int_t)s->sent[1]));
   }
   conn_send_json(c, 0, SBX_F_HELLO,
                  list ? json_pack("{s:i,s:s,s:i,s:o}", "version", SBX_PROTO_VERSION, "agent",

@@ -837,7 +837,14 @@ static int cmd_logs(int argc, char **argv) {
                         &next, &complete, &e) < 0)
       return api_error(id, &e);
     if (g.json) {
-      json_object_set_new(j, streams[i], json_stringn_nocheck((const char *)data, len));
+      /* invalid UTF-8 cannot be a JSON string: say so instead of mangling it */
+      json_t *txt = json_stringn((const char *)data, len);
+      json_object_set_new(j, streams[i], txt ? txt : json_null());
+      if (!txt) {
+        char bk[32];
+        snprintf(bk, sizeof bk, "%s_binary", streams[i]);
+        json_object_set_new(j, bk, json_true());
+      }
       char key[32];
       snprintf(key, sizeof key, "%s_next_offset", streams[i]);
       json_object_set_new(j, key, json_integer((json_int_t)next));
@@ -847,7 +854,7 @@ static int cmd_logs(int argc, char **argv) {
     free(data);
   }
   if (g.json) {
-    json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+    json_dumpf(j, stdout, JSON_INDENT(2));
     putchar('\n');
   }
   return 0;

@@ -160,6 +160,9 @@ static void adopt_sessions(alink *lk, json_t *list) {
       continue;
     s->res.pid = (int)json_integer_value(json_object_get(it, "pid"));
     s->res.started = true;
+    /* offsets go on from what the agent already sent (to the gateway that died) */
+    s->ret.end[0] = s->res.out_bytes = (uint64_t)json_integer_value(json_object_get(it, "stdout_bytes"));
+    s->ret.end[1] = s->res.err_bytes = (uint64_t)json_integer_value(json_object_get(it, "stderr_bytes"));
     agent_conn_send(lk->conn, id, SBX_F_ATTACH, NULL, 0);
     agent_conn_send_credit(lk->conn, id, CREDIT_WINDOW, CREDIT_WINDOW);
     log_info("exec=%s re-attached after a reconnect", exec_id);

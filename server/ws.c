@@ -545,16 +545,18 @@ static void setup(ws_client *c) {
   char arg[64];
   uint64_t off[2] = {0, 0};
   const char *names[2] = {"offset=", "stderr_offset="};
-  for (int i = 0; i < 2; i++)
-    if (lws_get_urlarg_by_name(c->wsi, names[i], arg, sizeof arg)) {
-      char *end;
-      long long v = strtoll(arg, &end, 10);
-      if (!*arg || *end || v < 0) {
-        close_with(c, 1008, "%.20s must be a byte offset >= 0", names[i]);
-        return;
-      }
-      off[i] = (uint64_t)v;
+  for (int i = 0; i < 2; i++) {
+    const char *val = lws_get_urlarg_by_name(c->wsi, names[i], arg, sizeof arg);
+    if (!val) /* otherwise val points into arg, past "name=" */
+      continue;
+    char *end;
+    long long v = strtoll(val, &end, 10);
+    if (!*val || *end || v < 0) {
+      close_with(c, 1008, "%.20s must be a byte offset >= 0", names[i]);
+      return;
     }
+    off[i] = (uint64_t)v;
+  }
   c->sent[0] = off[0];
   c->sent[1] = off[1];
   session *s = session_by_exec(c->l, ref);
