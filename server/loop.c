@@ -64,6 +64,27 @@ static void link_close(alink *lk) {
   lws_set_timeout(lk->wsi, PENDING_TIMEOUT_KILLED_BY_PARENT, LWS_TO_KILL_ASYNC);
 }
 
+/* lws clears POLLOUT on a raw file *after* its writable callback returns,
+ * so asking again from inside the callback is lost; ask from a timer. */
+static void rewrite_cb(lws_sorted_usec_list_t *sul) {
+  alink *lk = lws_container_of(sul, alink, rewrite);
+  if (!lk->closing && agent_conn_want_write(lk->conn))
+    lws_callback_on_writable(lk->wsi);
+}
+
+static void link_flush_in_writable(alink *lk) {
+  if (lk->closing)
+    return;
+  sbx_err err;
+  if (agent_conn_flush(lk->conn, &err) < 0) {
+    log_warn("sandbox=%s %s", lk->sandbox_id, err.msg);
+    link_close(lk);
+    return;
+  }
+  if (agent_conn_want_write(lk->conn))
+    lws_sul_schedule(lk->l->ctx, 0, &lk->rewrite, rewrite_cb, 1);
+}
+
 void link_flush(alink *lk) {
   if (lk->closing)
     return;
@@ -261,6 +282,7 @@ static void hello_timeout(lws_sorted_usec_list_t *sul) {
 static void link_closed(alink *lk) {
   loop *l = lk->l;
   lws_sul_cancel(&lk->hello_timer);
+  lws_sul_cancel(&lk->rewrite);
   while (lk->sessions) {
     if (atomic_load(&l->stop)) { /* sbxd is stopping, the programs are not */
       lk->sessions->lk = NULL;
@@ -516,8 +538,8 @@ static int agent_cb(struct lws *wsi, enum lws_callback_reasons reason, void *use
     return 0;
   }
   case LWS_CALLBACK_RAW_WRITEABLE_FILE:
-    if (lk && !lk->closing)
-      link_flush(lk);
+    if (lk)
+      link_flush_in_writable(lk);
     return 0;
   case LWS_CALLBACK_RAW_CLOSE_FILE:
     if (lk) {

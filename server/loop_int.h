@@ -110,6 +110,7 @@ struct alink {
   session *sessions;
   loop_job *waiting;
   lws_sorted_usec_list_t hello_timer;
+  lws_sorted_usec_list_t rewrite; /* re-arms POLLOUT after a writable callback */
 };
 
 struct loop {

@@ -379,17 +379,31 @@ def remove_data_dir(path):
     subprocess.run(["rm", "-rf", "--one-file-system", path], check=False)
 
 
-def host_count(pattern):
-    """Processes on the host whose command line contains pattern (pgrep -f -c)."""
+def host_count(pattern, pidns_of=None):
+    """Processes on the host whose command line contains pattern (pgrep -f -c);
+    with pidns_of (a host pid), only those in that process's pid namespace."""
     n = 0
     pat = pattern.encode()
     me = os.getpid()
+    want_ns = None
+    if pidns_of:
+        try:
+            want_ns = os.readlink("/proc/%d/ns/pid" % pidns_of)
+        except OSError:
+            want_ns = None
     for pid in _all_pids():
         if pid == me:
             continue
         cmd = (_read("/proc/%d/cmdline" % pid) or b"").replace(b"\0", b" ")
-        if pat in cmd:
-            n += 1
+        if pat not in cmd:
+            continue
+        if want_ns is not None:
+            try:
+                if os.readlink("/proc/%d/ns/pid" % pid) != want_ns:
+                    continue
+            except OSError:
+                continue
+        n += 1
     return n
 
 

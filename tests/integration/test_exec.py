@@ -6,8 +6,8 @@ import threading
 import time
 import unittest
 
-from harness import (EX_ID_RE, FAILURE_KEYS, SbxTestCase, b64, err_field, host_count, unb64,
-                     unique)
+from harness import (EX_ID_RE, FAILURE_KEYS, SbxTestCase, agent_pid, b64, err_field, host_count,
+                     unb64, unique)
 
 PROC_CMDLINES = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
 
@@ -302,7 +302,21 @@ class TestExec(SbxTestCase):
 
     # -- timeouts, signals, grace ---------------------------------------------------
     def test_timeout_kills_group(self):
-        base = host_count("sleep 100")
+        agent = agent_pid(self.srv.data_dir, self.sid)
+        self.assertIsNotNone(agent, "cannot find the sandbox's agent on the host")
+        base = host_count("sleep 100", agent)
+        # a witness that the host-side count sees the sandbox's processes at all
+        w = self.exec(self.name, cmd="sleep", args=["100"], background=True)
+        self.assertEqual(w.status, 202, w)
+        deadline = time.time() + 5
+        while host_count("sleep 100", agent) <= base and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(host_count("sleep 100", agent), base + 1)
+        self.srv.request("POST", "/v1/sandboxes/%s/shell" % self.name,
+                         {"command": "kill %d" % w.json["pid"]})
+        deadline = time.time() + 5
+        while host_count("sleep 100", agent) > base and time.time() < deadline:
+            time.sleep(0.05)
         t0 = time.time()
         r = self.shell(self.name, "echo started; echo e >&2; sleep 100 & sleep 100", timeout_ms=500)
         dt = time.time() - t0
@@ -316,7 +330,7 @@ class TestExec(SbxTestCase):
         deadline = time.time() + 5
         while True:
             left = self.sh_ok(self.name, PROC_CMDLINES + " | grep -c 'sleep 10[0]' || true").strip()
-            h = host_count("sleep 100")
+            h = host_count("sleep 100", agent)
             if (left == "0" and h <= base) or time.time() > deadline:
                 break
             time.sleep(0.2)

@@ -22,6 +22,11 @@ ABSENT_CANDIDATES = [
     ("POST", "/v1/exec"), ("GET", "/openapi"), ("GET", "/openapi.txt"),
     ("GET", "/v1/sandboxes/x/y/z"), ("GET", "/v1/versions"), ("GET", "/healthz"),
     ("GET", "/v1/sandboxes/x/start/now"),
+    # routes SPEC names for later issues: served only together with their spec entry
+    ("GET", "/v1/execs/ex_0000000000000000/wait"), ("POST", "/v1/execs/ex_0000000000000000/signal"),
+    ("POST", "/v1/execs/ex_0000000000000000/kill"), ("POST", "/v1/execs/ex_0000000000000000/stdin"),
+    ("POST", "/v1/execs/ex_0000000000000000/resize"),
+    ("GET", "/v1/execs/ex_0000000000000000/output"), ("GET", "/metrics"), ("GET", "/"),
 ]
 
 
@@ -241,8 +246,9 @@ class TestSystem(SbxTestCase):
 
 
 class TestWebSocketSide(SbxTestCase):
-    """Paths ending in /ws go to the WebSocket side, which refuses (for now)
-    with a clear HTTP 501 not_implemented."""
+    """Paths ending in /ws go to the WebSocket side on the same port, which
+    refuses an unknown sandbox or exec clearly (close 4404; or, before
+    streaming existed, HTTP 501 not_implemented)."""
 
     PATHS = ("/v1/sandboxes/x/exec/ws", "/v1/execs/ex_0000000000000000/ws")
 
@@ -266,6 +272,8 @@ class TestWebSocketSide(SbxTestCase):
             for l in lines[1:]:
                 k, _, v = l.partition(":")
                 hdrs[k.strip().lower()] = v.strip()
+            if status == 101:
+                return status, hdrs, rest  # WebSocket frames follow, not a body
             n = int(hdrs.get("content-length", "-1"))
             deadline = time.time() + 5
             while (n < 0 or len(rest) < n) and time.time() < deadline:
@@ -280,29 +288,46 @@ class TestWebSocketSide(SbxTestCase):
         finally:
             s.close()
 
-    def test_ws_refused_raw(self):
+    def test_ws_dispatch_raw(self):
+        # the handshake reaches the WebSocket side: it upgrades (101, then
+        # refuses the unknown sandbox/exec in-band), or, before streaming
+        # existed, answered a clear 501 not_implemented -- never a REST 404/405
         for p in self.PATHS:
             status, hdrs, body = self._raw_handshake(p)
-            self.assertEqual(status, 501, (p, status, body))
-            doc = json.loads(body.decode())
-            self.assertEqual(doc["error"]["kind"], "not_implemented", doc)
-            self.assertTrue(doc["error"]["message"])
+            self.assertIn(status, (101, 501), (p, status, body))
+            if status == 501:
+                doc = json.loads(body.decode())
+                self.assertEqual(doc["error"]["kind"], "not_implemented", doc)
+                self.assertTrue(doc["error"]["message"])
+            else:
+                self.assertEqual(hdrs.get("upgrade", "").lower(), "websocket", hdrs)
+                self.assertEqual(hdrs.get("sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
 
-    def test_ws_refused_websockets_client(self):
+    def test_ws_unknown_refused_websockets_client(self):
         import websockets
-        from websockets.exceptions import InvalidStatusCode
+        from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
-        async def attempt(path):
+        async def attempt(path, first):
             uri = "ws://127.0.0.1:%d%s" % (self.srv.port, path)
             try:
-                async with websockets.connect(uri, subprotocols=["sbx.v1.json"], open_timeout=10):
-                    return "opened"
+                async with websockets.connect(uri, subprotocols=["sbx.v1.json"],
+                                              open_timeout=10, close_timeout=5) as ws:
+                    self.assertEqual(ws.subprotocol, "sbx.v1.json")
+                    try:
+                        if first is not None:
+                            await ws.send(json.dumps(first))
+                        while True:
+                            await asyncio.wait_for(ws.recv(), 10)
+                    except ConnectionClosed:
+                        pass
+                    return ("closed", ws.close_code)
             except InvalidStatusCode as e:
-                return e.status_code
+                return ("http", e.status_code)
 
-        for p in self.PATHS:
-            got = asyncio.run(attempt(p))
-            self.assertEqual(got, 501, p)
+        got = asyncio.run(attempt(self.PATHS[0], {"type": "start", "cmd": "true"}))
+        self.assertIn(got, (("http", 501), ("closed", 4404)), self.PATHS[0])
+        got = asyncio.run(attempt(self.PATHS[1], None))
+        self.assertIn(got, (("http", 501), ("closed", 4404)), self.PATHS[1])
 
     def test_rest_still_works_after_ws(self):
         self._raw_handshake(self.PATHS[0])
