@@ -23,7 +23,7 @@ override LDFLAGS += $(SAN)
 # everything but main()s goes into one static library (crun's libcrun style)
 CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent/proto.c
 CORE_SRC := $(filter-out %main.c,$(CORE_SRC))
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/openapi.o
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/openapi.o $(BUILD)/gen/web.o
 AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c
 # libsbx (the client library) is its own archive: client/*.c but the CLI's main
 CLIENT_SRC := $(filter-out client/sbx_main.c,$(wildcard client/*.c))
@@ -45,6 +45,21 @@ $(BUILD)/gen/openapi.c: openapi/openapi.yaml scripts/embed_openapi.py
 
 $(BUILD)/gen/openapi.o: $(BUILD)/gen/openapi.c
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# the browser console is compiled in too: web/ plus xterm.js from npm, pinned
+# by web/package-lock.json (npm ci runs when node_modules is missing or older)
+WEB_SRC := $(wildcard web/index.html web/*.js web/*.css)
+
+web/node_modules: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
+
+$(BUILD)/gen/web.c: scripts/embed_web.py $(WEB_SRC) web/node_modules
+	@mkdir -p $(dir $@)
+	/usr/bin/python3 scripts/embed_web.py web $@
+
+$(BUILD)/gen/web.o: $(BUILD)/gen/web.c routes/web.h
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/libsbxcore.a: $(CORE_OBJ)
 	@rm -f $@

@@ -103,6 +103,8 @@ struct agent_session {
   bool out_hup[2]; /* poll saw the writers gone while we had no credit to read */
   uint64_t credit[2];
   uint64_t sent[2]; /* output bytes handed to a connection, per stream (HELLO reports them) */
+  uint64_t frames;  /* output frames handed to a connection (HELLO reports them) */
+  bool disconnect_killed; /* killed because its owner went away (EXITED says so) */
   /* stdin */
   int in_fd;
   uint8_t *in_buf;
@@ -378,6 +380,7 @@ static bool session_read_stream(agent_session *s, int which) {
     c->out.len += SBX_PROTO_HDR + (size_t)n;
     s->credit[which] -= (uint64_t)n;
     s->sent[which] += (uint64_t)n;
+    s->frames++;
     return true;
   }
   if (n < 0 && errno == EAGAIN)
@@ -405,8 +408,9 @@ static void session_finish(agent_session *s) {
   log_info("session=%u exec=%s exited code=%d signal=%d timed_out=%d duration_ms=%lld", s->id,
            s->exec_id, code, WIFSIGNALED(s->status) ? WTERMSIG(s->status) : 0, s->timed_out,
            (long long)dur);
-  json_t *j = json_pack("{s:i,s:o,s:b,s:I}", "exit_code", code, "signal", sig, "timed_out",
-                        s->timed_out, "duration_ms", (json_int_t)dur);
+  json_t *j = json_pack("{s:i,s:o,s:b,s:b,s:I}", "exit_code", code, "signal", sig, "timed_out",
+                        s->timed_out, "disconnect_killed", s->disconnect_killed, "duration_ms",
+                        (json_int_t)dur);
   session_end(s, SBX_F_EXITED, j);
 }
 
@@ -822,11 +826,11 @@ static void send_hello(agent *a, agent_conn *c) {
     const char *st = s->state != SS_ENDED            ? "running"
                      : s->final_type == SBX_F_FAILED ? "failed"
                                                      : "exited";
-    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i,s:I,s:I}", "session",
+    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i,s:I,s:I,s:I}", "session",
                                           (json_int_t)s->id, "exec_id", s->exec_id, "state", st,
                                           "pid", (int)s->pid, "stdout_bytes",
                                           (json_int_t)s->sent[0], "stderr_bytes",
-                                          (json_int_t)s->sent[1]));
+                                          (json_int_t)s->sent[1], "frames", (json_int_t)s->frames));
   }
   conn_send_json(c, 0, SBX_F_HELLO,
                  list ? json_pack("{s:i,s:s,s:i,s:o}", "version", SBX_PROTO_VERSION, "agent",
@@ -1119,6 +1123,7 @@ static void sweep(agent *a) {
       s->credit[0] = s->credit[1] = 0;
       if (s->kill_on_disconnect && s->state != SS_ENDED) {
         log_info("session=%u owner gone: killing its processes", s->id);
+        s->disconnect_killed = true;
         session_kill_all(s, SIGKILL);
         /* nobody will take its remaining output: end it once reaped */
         session_close_outputs(s);

@@ -33,9 +33,10 @@ typedef enum sbx_frame_type {
   /* both directions, session 0 */
   SBX_F_HELLO = 1, /* a->g on connect: {"version":1,"agent":"sbx-agent 0.1","pid":1,
                       "sessions":[{"session":7,"exec_id":"ex_..","state":"running"|"exited"|
-                                   "failed","pid":42,"stdout_bytes":n,"stderr_bytes":n}]}
+                                   "failed","pid":42,"stdout_bytes":n,"stderr_bytes":n,
+                                   "frames":n}]}
                       (every session not yet RELEASEd; *_bytes: output already sent, so a
-                      new gateway continues the stream offsets where they were)
+                      new gateway continues the stream offsets, and frames the seq numbers, where they were)
                       g->a reply: {"version":1} (a version the agent does not speak: it
                       closes the connection) */
   /* gateway -> agent */
@@ -67,7 +68,8 @@ typedef enum sbx_frame_type {
   SBX_F_STDOUT = 17,      /* raw bytes */
   SBX_F_STDERR = 18,      /* raw bytes */
   SBX_F_EXITED = 19,      /* {"exit_code": n (-1 if killed), "signal": n|null,
-                             "timed_out": bool, "duration_ms": n} -- after every byte of
+                             "timed_out": bool, "disconnect_killed": bool (its owner
+                             connection went away with kill_on_disconnect), "duration_ms": n} -- after every byte of
                              output the session will send */
   SBX_F_FAILED = 20,      /* the program never started: {"kind","errno","errno_name",
                              "path","stage","message"} (SPEC's failure object) */

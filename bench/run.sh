@@ -9,6 +9,13 @@
 #   - POST /v1/sandboxes/{ref}/exec {"cmd":"/bin/true"} on keep-alive
 #     connections: sequential, and 8 concurrent clients
 #   - POST /v1/sandboxes (then DELETE)
+#   - streaming: `head -c 2G /dev/zero` through sbxd's WebSocket exec in the
+#     sbx.v1.binary subprotocol to a client that discards it (bench/wsbench.c,
+#     a plain-socket RFC 6455 client), beside a bare pipe
+#     (`head -c 2G /dev/zero | cat >/dev/null`, the limit) and websocketd
+#     (`websocketd --binary sh -c 'head -c 2G /dev/zero'`, the same client);
+#     and the time to first byte (start message written to the first stdout
+#     frame) of `echo x`
 #
 # Prints one markdown table on stdout (progress goes to stderr), then the
 # targets computed from it.  It reports timings only: no threshold makes it
@@ -30,6 +37,9 @@ EXEC_WARMUP=${EXEC_WARMUP:-20}
 CONC_CLIENTS=${CONC_CLIENTS:-8}
 CONC_RUNS=${CONC_RUNS:-100}     # per client
 CREATE_RUNS=${CREATE_RUNS:-30}
+STREAM_SIZE=${STREAM_SIZE:-2G}  # head -c syntax; 2G = 2 GiB
+STREAM_RUNS=${STREAM_RUNS:-3}   # each peer; the median is the row
+TTFB_RUNS=${TTFB_RUNS:-50}
 STEP_TIMEOUT=${STEP_TIMEOUT:-100} # seconds, per measurement
 
 log() { echo "bench: $*" >&2; }
@@ -49,15 +59,22 @@ $CC $BFLAGS -o "$OUT/spawnbench" bench/spawnbench.c
 # shellcheck disable=SC2086,SC2046  # flag lists are meant to split
 $CC $BFLAGS $(pkg-config --cflags libcurl) -o "$OUT/httpbench" bench/httpbench.c \
     $(pkg-config --libs libcurl) -lpthread
+# shellcheck disable=SC2086,SC2046
+$CC $BFLAGS $(pkg-config --cflags libwebsockets) -o "$OUT/wsbench" bench/wsbench.c \
+    $(pkg-config --libs libwebsockets)
 [ -x "$BUILD/sbxd" ] || die "$BUILD/sbxd is missing: run 'make all' first"
 
 # ---- scratch space and cleanup ----------------------------------------------
 WORK=$(mktemp -d /tmp/sbx-bench.XXXXXX)
-SBXD_PID="" SSHD_PID="" SBXD_URL="" SSH_CTL="" SSH_MASTER_PID=""
+SBXD_PID="" SSHD_PID="" SBXD_URL="" SSH_CTL="" SSH_MASTER_PID="" WSD_PID=""
 
 # shellcheck disable=SC2317  # reached through the trap
 cleanup() {
     set +e
+    if [ -n "$WSD_PID" ]; then
+        kill "$WSD_PID" 2>/dev/null
+        wait "$WSD_PID" 2>/dev/null
+    fi
     if [ -n "$SSH_MASTER_PID" ]; then
         [ -S "$SSH_CTL" ] && ssh -F /dev/null -S "$SSH_CTL" -O exit x >/dev/null 2>&1
         kill "$SSH_MASTER_PID" 2>/dev/null
@@ -110,6 +127,11 @@ row_failed() { # what why
     FAILED=1
 }
 cell() { local c=${1//|/\\|}; printf '%s' "${c//$'\n'/ }"; }
+row_raw() { # what p50 p99 notes (cells already formatted)
+    ROWS+=("$1$US$2$US$3$US$4")
+}
+# median LIST...: the middle value of numbers (the lower middle for an even count)
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # ---- sbxd ---------------------------------------------------------------------
 SBXD_PORT=$(free_port)
@@ -273,6 +295,94 @@ else
     row_failed "$CREATE_WHAT" "$SBXD_WHY"
 fi
 
+# ---- streaming ---------------------------------------------------------------------------
+STREAM_BYTES=$(numfmt --from=iec "$STREAM_SIZE")
+STREAM_CMD="head -c $STREAM_SIZE /dev/zero"
+PIPE_WHAT="bare pipe \`$STREAM_CMD | cat >/dev/null\` (the limit)"
+WSD_WHAT="websocketd --binary streaming \`$STREAM_CMD\`"
+WS_WHAT="sbxd WebSocket exec streaming \`$STREAM_CMD\` (sbx.v1.binary)"
+TTFB_WHAT="sbxd WebSocket exec, time to first byte of \`echo x\`"
+gbps() { awk -v b="$STREAM_BYTES" -v s="$1" 'BEGIN { printf "%.3f", b / s / 1e9 }'; }
+PIPE_GBPS="" WSD_GBPS="" WS_GBPS="" TTFB_LINE=""
+
+log "bare pipe of $STREAM_SIZE x$STREAM_RUNS"
+runs=()
+for _ in $(seq "$STREAM_RUNS"); do
+    t0=$(date +%s.%N)
+    head -c "$STREAM_SIZE" /dev/zero | cat >/dev/null
+    t1=$(date +%s.%N)
+    runs+=("$(gbps "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")")
+done
+PIPE_GBPS=$(median "${runs[@]}")
+row_raw "$PIPE_WHAT" "$PIPE_GBPS GB/s" "-" "median of $STREAM_RUNS runs (GB/s: ${runs[*]}), timed in bash"
+
+# stream_runs KIND URL [wsbench args]: STREAM_RUNS runs of wsbench; sets
+# GBPS_RUNS and FIRST_RUNS, returns 1 if one failed
+stream_runs() {
+    local kind=$1 url=$2 out
+    shift 2
+    GBPS_RUNS=() FIRST_RUNS=()
+    for _ in $(seq "$STREAM_RUNS"); do
+        out=$(timeout "$STEP_TIMEOUT" "$OUT/wsbench" "$kind" -u "$url" -e "$STREAM_BYTES" "$@") ||
+            return 1
+        GBPS_RUNS+=("$(field "$out" gbps)")
+        FIRST_RUNS+=("$(field "$out" first_ms)")
+    done
+}
+
+log "websocketd streaming $STREAM_SIZE x$STREAM_RUNS"
+if ! command -v websocketd >/dev/null; then
+    row_failed "$WSD_WHAT" "websocketd not installed (scripts/bench-deps.sh)"
+else
+    WSD_PORT=$(free_port)
+    websocketd --port "$WSD_PORT" --address 127.0.0.1 --binary --loglevel error \
+        sh -c "$STREAM_CMD" >"$WORK/websocketd.log" 2>&1 &
+    WSD_PID=$!
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$WSD_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    if stream_runs raw "ws://127.0.0.1:$WSD_PORT/"; then
+        WSD_GBPS=$(median "${GBPS_RUNS[@]}")
+        row_raw "$WSD_WHAT" "$WSD_GBPS GB/s" "-" "median of $STREAM_RUNS runs (GB/s: ${GBPS_RUNS[*]}); one process per connection, timed from the 101 to the close; $(websocketd --version 2>&1 | head -n1)"
+    else
+        row_failed "$WSD_WHAT" "wsbench raw failed: $(tail -n 2 "$WORK/websocketd.log" | tr '\n' ' ')"
+    fi
+    kill "$WSD_PID" 2>/dev/null || true
+    wait "$WSD_PID" 2>/dev/null || true # killed by our TERM: not a failure
+    WSD_PID=""
+fi
+
+if [ "$SBXD_OK" = 1 ]; then
+    WS_URL="ws://127.0.0.1:$SBXD_PORT/v1/sandboxes/bench/exec/ws"
+    log "sbxd WebSocket streaming $STREAM_SIZE x$STREAM_RUNS"
+    if stream_runs stream "$WS_URL" -c "$STREAM_CMD"; then
+        WS_GBPS=$(median "${GBPS_RUNS[@]}")
+        # the same through libwebsockets' own client, which parses payload a
+        # byte at a time: a cross-check, bound by that client's CPU
+        lws_note="not measured"
+        if out=$(timeout "$STEP_TIMEOUT" "$OUT/wsbench" stream -k lws -u "$WS_URL" \
+                -c "$STREAM_CMD" -e "$STREAM_BYTES"); then
+            lws_note="$(field "$out" gbps) GB/s"
+        fi
+        row_raw "$WS_WHAT" "**$WS_GBPS GB/s**" "-" "median of $STREAM_RUNS runs (GB/s: ${GBPS_RUNS[*]}), start message to exited, every byte counted and stdout offsets checked, plain-socket client reading 1 MiB at a time; libwebsockets' client (client-CPU-bound): $lws_note"
+    else
+        row_failed "$WS_WHAT" "wsbench stream failed (see stderr)"
+    fi
+
+    log "sbxd WebSocket time to first byte x$TTFB_RUNS"
+    if out=$(timeout "$STEP_TIMEOUT" "$OUT/wsbench" ttfb -u "$WS_URL" -c "echo x" \
+            -n "$TTFB_RUNS" -w 5); then
+        TTFB_LINE=$out
+        row_from "$TTFB_WHAT" "$out" "$TTFB_RUNS runs after 5 warm-up, a new connection each (connect not timed), start message written to first stdout frame, errors: $(field "$out" errors)"
+    else
+        row_failed "$TTFB_WHAT" "wsbench ttfb failed (see stderr)"
+    fi
+else
+    row_failed "$WS_WHAT" "$SBXD_WHY"
+    row_failed "$TTFB_WHAT" "$SBXD_WHY"
+fi
+
 # ---- the table -------------------------------------------------------------------------
 echo
 # the load average says whether something else shared the cores meanwhile
@@ -297,4 +407,12 @@ else
     created="not measured"
 fi
 echo "Targets: exec p50 within 2x of bare spawn (ratio: $ratio); create p50 under 30 ms (got: $created)."
+if [ -n "$WS_GBPS" ] && [ -n "$WSD_GBPS" ]; then
+    ws_ratio=$(awk -v a="$WS_GBPS" -v b="$WSD_GBPS" 'BEGIN { printf "%.2fx", a / b }')
+else
+    ws_ratio="not measured"
+fi
+ttfb="not measured"
+[ -z "$TTFB_LINE" ] || ttfb="$(field "$TTFB_LINE" p50_ms) ms"
+echo "Streaming targets: at least 1 GB/s (got: ${WS_GBPS:-not measured} GB/s; bare pipe ${PIPE_GBPS:-?} GB/s); at least 3x websocketd (ratio: $ws_ratio); first byte p50 under 2 ms (got: $ttfb)."
 exit "$FAILED"

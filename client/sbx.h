@@ -194,7 +194,8 @@ typedef struct sbx_exec_opts {
   long timeout_ms;               /* 0 = none */
   const void *stdin_data;        /* bytes written to stdin, then EOF (at most 512 KiB) */
   size_t stdin_len;
-  int stdin_pipe;                /* streams only: keep stdin open for sbx_stream_take_stdin */
+  int stdin_pipe;                /* streams only: keep stdin open for sbx_stream_take_stdin;
+                                    without it a stream's stdin gets stdin_data, then EOF */
   int tty;
   int rows, cols;                /* tty size, 0 = default 24x80 */
   const char *encoding;          /* one-shot reply encoding: "utf8" or "base64" (NULL: base64,

@@ -50,6 +50,13 @@ static int usage_error(const char *cmd, const char *fmt, ...) {
   return EXIT_USAGE;
 }
 
+/* An option getopt refused: the culprit is optopt (short) or argv[optind-1]. */
+static int bad_option(const char *cmd, char **argv) {
+  if (optopt > 0 && optopt < 256 && strncmp(argv[optind - 1], "--", 2) != 0)
+    return usage_error(cmd, "bad option -%c (unknown, or its value is missing)", optopt);
+  return usage_error(cmd, "bad option %s (unknown, or its value is missing)", argv[optind - 1]);
+}
+
 /* Print an API error (or as JSON {"error": ...} under --json); returns 1. */
 static int api_error(const char *what, const sbx_error *e) {
   if (g.json) {
@@ -259,7 +266,7 @@ static int cmd_create(int argc, char **argv) {
     case 's': o.shell = optarg; break;
     case 'r': o.replace = 1; break;
     case OPT_HELP: printf("%s%s", help, common_help); return 0;
-    default: return usage_error("create ", "bad option");
+    default: return bad_option("create ", argv);
     }
   }
   if (optind < argc)
@@ -306,7 +313,7 @@ static int cmd_ls(int argc, char **argv) {
     case 'l': strlist_add(&labels, optarg); break;
     case 'q': quiet = true; break;
     case OPT_HELP: printf("%s%s", help, common_help); return 0;
-    default: return usage_error("ls ", "bad option");
+    default: return bad_option("ls ", argv);
     }
   }
   if (optind < argc)
@@ -363,7 +370,7 @@ static int refs_opts(int argc, char **argv, const char *cmd, const char *help) {
       printf("%s%s", help, common_help);
       return -1;
     }
-    return usage_error(cmd, "bad option");
+    return bad_option(cmd, argv);
   }
   if (optind >= argc)
     return usage_error(cmd, "missing argument");
@@ -664,7 +671,7 @@ static int cmd_exec(int argc, char **argv, bool shell) {
     case 'i': interactive = true; break;
     case 'T': o.tty = 1; break;
     case OPT_HELP: printf("%s%s%s", shell ? help_shell : help_exec, help_opts, common_help); return 0;
-    default: return usage_error(cmdname, "bad option");
+    default: return bad_option(cmdname, argv);
     }
   }
   if (!ref)
@@ -741,7 +748,7 @@ static int cmd_execs(int argc, char **argv) {
       printf("%s%s", help, common_help);
       return 0;
     } else
-      return usage_error("execs ", "bad option");
+      return bad_option("execs ", argv);
   }
   if (optind + 1 != argc)
     return usage_error("execs ", "want exactly one REF");
@@ -809,7 +816,7 @@ static int cmd_logs(int argc, char **argv) {
         return usage_error("logs ", "bad --stderr-offset %s", optarg);
       break;
     case OPT_HELP: printf("%s%s", help, common_help); return 0;
-    default: return usage_error("logs ", "bad option");
+    default: return bad_option("logs ", argv);
     }
   }
   if (optind + 1 != argc)
@@ -877,7 +884,7 @@ static int cmd_kill(int argc, char **argv) {
       printf("%s%s", help, common_help);
       return 0;
     } else
-      return usage_error("kill ", "bad option");
+      return bad_option("kill ", argv);
   }
   if (optind >= argc)
     return usage_error("kill ", "missing EXEC");
@@ -914,7 +921,7 @@ static int cmd_wait(int argc, char **argv) {
       printf("%s%s", help, common_help);
       return 0;
     } else
-      return usage_error("wait ", "bad option");
+      return bad_option("wait ", argv);
   }
   if (optind + 1 != argc)
     return usage_error("wait ", "want exactly one EXEC");
@@ -978,6 +985,7 @@ int main(int argc, char **argv) {
   if (!g.url || !*g.url)
     g.url = "http://127.0.0.1:7070";
   signal(SIGPIPE, SIG_IGN);
+  opterr = 0; /* usage_error() says what was wrong, in one format */
   static const struct option lo[] = {COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
@@ -987,7 +995,7 @@ int main(int argc, char **argv) {
       fputs(main_help, stdout);
       return 0;
     }
-    return usage_error(NULL, "bad option");
+    return bad_option(NULL, argv);
   }
   if (optind >= argc)
     return usage_error(NULL, "missing COMMAND");

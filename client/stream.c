@@ -471,7 +471,11 @@ static sbx_stream *stream_open(sbx_client *c, const char *path, json_t *start, b
     snprintf(s->auth, sizeof s->auth, "Bearer %s", c->key);
   if (start) {
     cleanup_cfree char *txt = json_dumps(start, JSON_COMPACT);
-    if (!txt || outq_push(s, txt, strlen(txt), false) < 0) {
+    /* a WebSocket exec's stdin stays open until stdin_close: without a pipe
+     * the program gets its stdin_data, if any, then EOF (as one-shot execs do) */
+    static const char eof[] = "{\"type\":\"stdin_close\"}";
+    if (!txt || outq_push(s, txt, strlen(txt), false) < 0 ||
+        (!stdin_pipe && outq_push(s, eof, sizeof eof - 1, false) < 0)) {
       stream_free(s);
       sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
       return NULL;

@@ -122,7 +122,10 @@ enum MHD_Result route_exec_signal(http_req *r, json_t *body) {
   return send_signal(r, sig);
 }
 
-enum MHD_Result route_exec_kill(http_req *r, json_t *body) { return send_signal(r, 9); }
+enum MHD_Result route_exec_kill(http_req *r, json_t *body) {
+  r->job.kill = true;
+  return send_signal(r, 9);
+}
 
 /* ------------------------------------------------------------ stdin, resize */
 

@@ -5,6 +5,8 @@ const route routes_table[] = {
     {"GET", "/v1/version", route_version, BODY_NONE},
     {"GET", "/openapi.json", route_openapi_json, BODY_NONE},
     {"GET", "/openapi.yaml", route_openapi_yaml, BODY_NONE},
+    {"GET", "/", route_web_index, BODY_NONE},
+    {"GET", "/web/{}", route_web_file, BODY_NONE},
     {"GET", "/v1/sandboxes", route_sandbox_list, BODY_NONE},
     {"POST", "/v1/sandboxes", route_sandbox_create, BODY_JSON},
     {"GET", "/v1/sandboxes/{}", route_sandbox_get, BODY_NONE},

@@ -29,6 +29,9 @@ enum MHD_Result route_health(http_req *r, json_t *body);
 enum MHD_Result route_version(http_req *r, json_t *body);
 enum MHD_Result route_openapi_json(http_req *r, json_t *body);
 enum MHD_Result route_openapi_yaml(http_req *r, json_t *body);
+/* the browser console (web.c): GET / is index.html, GET /web/{file} the rest */
+enum MHD_Result route_web_index(http_req *r, json_t *body);
+enum MHD_Result route_web_file(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_create(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_list(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_get(http_req *r, json_t *body);

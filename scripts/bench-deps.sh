@@ -1,11 +1,12 @@
 #!/bin/sh
 # Install what `make bench` needs beyond scripts/deps.sh, only what is
 # missing: sshd and ssh for the ControlMaster row, bubblewrap for the bwrap
-# row, libcurl headers and gcc for bench/httpbench.c.  Idempotent and quiet
-# when everything is there.  hyperfine is not needed (bench/spawnbench.c
+# row, libcurl headers and gcc for bench/httpbench.c, websocketd for the
+# streaming row's peer, libwebsockets headers for bench/wsbench.c.
+# Idempotent and quiet when everything is there.  hyperfine is not needed (bench/spawnbench.c
 # does that job) and is not installed.
 set -e
-need="openssh-server openssh-client bubblewrap gcc pkg-config libcurl4-openssl-dev curl"
+need="openssh-server openssh-client bubblewrap gcc pkg-config libcurl4-openssl-dev curl websocketd libwebsockets-dev"
 missing=""
 for p in $need; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

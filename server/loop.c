@@ -100,12 +100,13 @@ void link_flush(alink *lk) {
 
 /* ------------------------------------------------------- exec record updates */
 
-static const char *end_state(const exec_result *r) {
+static const char *end_state(const session *s) {
+  const exec_result *r = &s->res;
   if (r->failure)
     return "failed";
   if (r->timed_out)
     return "timed_out";
-  if (r->exited)
+  if (r->exited && !s->killed)
     return "exited";
   return "killed";
 }
@@ -117,7 +118,7 @@ void record_end(session *s) {
   char now[32];
   sbx_rfc3339(sbx_now_ms(), now, sizeof now);
   const exec_result *r = &s->res;
-  json_t *f = json_pack("{s:s, s:s, s:I, s:I}", "state", end_state(r), "ended_at", now,
+  json_t *f = json_pack("{s:s, s:s, s:I, s:I}", "state", end_state(s), "ended_at", now,
                         "stdout_bytes", (json_int_t)r->out_bytes, "stderr_bytes",
                         (json_int_t)r->err_bytes);
   if (r->started)
@@ -184,6 +185,8 @@ static void adopt_sessions(alink *lk, json_t *list) {
     /* offsets go on from what the agent already sent (to the gateway that died) */
     s->ret.end[0] = s->res.out_bytes = (uint64_t)json_integer_value(json_object_get(it, "stdout_bytes"));
     s->ret.end[1] = s->res.err_bytes = (uint64_t)json_integer_value(json_object_get(it, "stderr_bytes"));
+    s->ret.first = s->ret.next = s->ret.oldest[0] = s->ret.oldest[1] =
+        1 + (uint64_t)json_integer_value(json_object_get(it, "frames"));
     agent_conn_send(lk->conn, id, SBX_F_ATTACH, NULL, 0);
     agent_conn_send_credit(lk->conn, id, CREDIT_WINDOW, CREDIT_WINDOW);
     log_info("exec=%s re-attached after a reconnect", exec_id);
@@ -439,6 +442,7 @@ static void run_exec_job(loop *l, loop_job *job) {
   char p[64];
   switch (job->kind) {
   case LOOP_JOB_SIGNAL:
+    s->killed |= job->kill;
     rc = session_send(s, SBX_F_SIGNAL, p, (size_t)snprintf(p, sizeof p, "{\"signal\":%d}", job->signal));
     break;
   case LOOP_JOB_STDIN:
@@ -681,6 +685,7 @@ void loop_stop(loop *l) {
     if (s->job) {
       loop_job *job = s->job;
       s->job = NULL;
+      job->res.started = s->res.started; /* it ran: its record is settled at the next start */
       job_finish(job, -1, &bye);
     }
     for (loop_job *w = s->waiters, *n; w; w = n) {

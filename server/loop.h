@@ -64,6 +64,7 @@ typedef struct loop_job {
   int fd;
   /* control */
   int signal;
+  bool kill; /* SIGNAL sent by the kill route: the exec ends as "killed" */
   const uint8_t *data; /* STDIN: borrowed from the poster */
   size_t len;
   bool eof;

@@ -58,6 +58,7 @@ struct session {
   char exec_id[32];
   char sandbox_id[32];
   bool tty, live, ended;
+  bool killed;         /* ended by sbx: kill route or message, owner close, disconnect */
   loop_job *job;       /* the REST request waiting, NULL once answered */
   uint64_t max_output; /* collect at most this much per stream into res (REST one-shot) */
   exec_result res;     /* pid, end status, collected output */

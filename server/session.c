@@ -323,6 +323,7 @@ int session_frame(session *s, const sbx_frame_hdr *h, const uint8_t *payload) {
     r->signal = (int)json_integer_value(json_object_get(o, "signal"));
     r->timed_out = json_is_true(json_object_get(o, "timed_out"));
     r->duration_ms = json_integer_value(json_object_get(o, "duration_ms"));
+    s->killed |= json_is_true(json_object_get(o, "disconnect_killed"));
     json_decref(o);
     session_send(s, SBX_F_RELEASE, NULL, 0);
     session_end(s, NULL);

@@ -9,6 +9,7 @@
  */
 #include "ws.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
@@ -443,15 +444,15 @@ static void on_control(ws_client *c, json_t *msg) {
       close_with(c, 1008, "stdin needs exactly one of \"data\" or \"data_b64\"");
       return;
     }
-    size_t n = 0;
-    uint8_t *bytes = d ? (uint8_t *)strdup(json_string_value(d))
+    size_t n = d ? json_string_length(d) : 0;
+    uint8_t *bytes = d ? malloc(n ? n : 1)
                        : sbx_b64_decode(json_string_value(b), json_string_length(b), &n);
     if (!bytes) {
       close_with(c, 1008, "stdin data_b64 is not valid base64");
       return;
     }
-    if (d)
-      n = json_string_length(d);
+    if (d) /* the text may hold NUL (\u0000): copy by length */
+      memcpy(bytes, json_string_value(d), n);
     if (session_running(c, "stdin"))
       session_send(s, SBX_F_STDIN, bytes, n);
     free(bytes);
@@ -459,12 +460,14 @@ static void on_control(ws_client *c, json_t *msg) {
     if (session_running(c, "stdin"))
       session_send(s, SBX_F_STDIN_CLOSE, NULL, 0);
   } else if (!strcmp(type, "signal") || !strcmp(type, "kill")) {
-    int sig = !strcmp(type, "kill") ? 9 : sbx_signal_parse(json_object_get(msg, "signal"));
+    bool kill = !strcmp(type, "kill");
+    int sig = kill ? 9 : sbx_signal_parse(json_object_get(msg, "signal"));
     if (sig < 0) {
       close_with(c, 1008, "unknown signal");
       return;
     }
     if (session_running(c, "signal")) {
+      s->killed |= kill;
       json_t *o = json_pack("{s:i}", "signal", sig);
       char *p = json_dumps(o, JSON_COMPACT);
       session_send(s, SBX_F_SIGNAL, p, strlen(p));
@@ -586,6 +589,7 @@ static void client_free(ws_client *c) {
   if (s && s->owner == c && s->kill_on_owner_close && s->live) {
     /* the starting client left: kill the whole process group (SPEC) */
     static const char kill9[] = "{\"signal\":9}";
+    s->killed = true;
     session_send(s, SBX_F_SIGNAL, kill9, sizeof kill9 - 1);
   }
   ws_client_detach(c);
@@ -614,6 +618,42 @@ static bool origin_allowed(struct lws *wsi) {
   return o && !strcasecmp(o + 3, host);
 }
 
+/* X-Request-Id for replies on the WebSocket side: the client's if it is
+ * sane (the same rule as REST), else a new one. */
+static void request_id(struct lws *wsi, char *out, size_t outsz) {
+  char in[80];
+  int n = lws_hdr_custom_copy(wsi, in, sizeof in, "x-request-id:", 13);
+  bool ok = n > 0 && n <= 72;
+  for (int i = 0; ok && i < n; i++)
+    ok = isalnum((unsigned char)in[i]) || strchr("-_.:", in[i]);
+  if (ok)
+    snprintf(out, outsz, "%s", in);
+  else
+    sbx_new_id("req_", out, outsz);
+}
+
+static int add_request_id(struct lws *wsi, uint8_t **p, uint8_t *end) {
+  char id[80];
+  request_id(wsi, id, sizeof id);
+  return lws_add_http_header_by_name(wsi, (const uint8_t *)"x-request-id:", (const uint8_t *)id,
+                                     (int)strlen(id), p, end);
+}
+
+/* Answer an HTTP request on the WebSocket side with the SPEC's error shape;
+ * returns what the callback should return (the connection then closes). */
+static int http_error(struct lws *wsi, unsigned status, const char *kind, const char *message) {
+  char body[512];
+  int n = snprintf(body, sizeof body, "{\"error\":{\"kind\":\"%s\",\"message\":\"%s\"}}", kind,
+                   message);
+  uint8_t buf[LWS_PRE + 1024], *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf;
+  if (lws_add_http_common_headers(wsi, status, "application/json", (lws_filepos_t)n, &p, end) ||
+      add_request_id(wsi, &p, end) || lws_finalize_write_http_header(wsi, start, &p, end))
+    return -1;
+  memcpy(buf + LWS_PRE, body, (size_t)n);
+  lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_FINAL);
+  return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                  size_t len) {
   ws_client **pc = user;
@@ -622,9 +662,19 @@ static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
   case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
     if (!origin_allowed(wsi)) {
       log_info("ws refused: Origin not allowed");
+      http_error(wsi, HTTP_STATUS_FORBIDDEN, "forbidden",
+                 "this Origin may not open WebSockets here (see sbxd --allow-origin)");
       return -1;
     }
     return 0;
+  case LWS_CALLBACK_ADD_HEADERS: { /* the 101 carries X-Request-Id too */
+    struct lws_process_html_args *a = in;
+    uint8_t *p = (uint8_t *)a->p;
+    if (add_request_id(wsi, &p, p + a->max_len))
+      return 1;
+    a->p = (char *)p;
+    return 0;
+  }
   case LWS_CALLBACK_ESTABLISHED: {
     loop *l = lws_context_user(lws_get_context(wsi));
     c = calloc(1, sizeof *c);
@@ -680,19 +730,10 @@ static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
       client_free(c);
     }
     return 0;
-  case LWS_CALLBACK_HTTP: {
+  case LWS_CALLBACK_HTTP:
     /* a plain GET on a /ws path: say what is needed */
-    static const char body[] = "{\"error\":{\"kind\":\"invalid_request\",\"message\":\"this route "
-                               "is a WebSocket: send a GET with Upgrade: websocket\"}}";
-    uint8_t buf[LWS_PRE + 512], *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf;
-    if (lws_add_http_common_headers(wsi, HTTP_STATUS_BAD_REQUEST, "application/json",
-                                    sizeof body - 1, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-      return -1;
-    memcpy(buf + LWS_PRE, body, sizeof body - 1);
-    lws_write(wsi, buf + LWS_PRE, sizeof body - 1, LWS_WRITE_HTTP_FINAL);
-    return lws_http_transaction_completed(wsi) ? -1 : 0;
-  }
+    return http_error(wsi, HTTP_STATUS_BAD_REQUEST, "invalid_request",
+                      "this route is a WebSocket: send a GET with Upgrade: websocket");
   default:
     return lws_callback_http_dummy(wsi, reason, user, in, len);
   }

@@ -145,7 +145,7 @@ def types(msgs):
 
 # -- programs run in the sandbox --------------------------------------------------
 
-INTERLEAVE_N = 40
+INTERLEAVE_N = 25
 
 
 def interleave_expected():
@@ -160,9 +160,9 @@ INTERLEAVE_PROG = r'''
 import os, time
 for i in range(%d):
     os.write(1, ("o%%02d:" %% i + "x" * (i %% 7) + "\n").encode())
-    time.sleep(0.01)
+    time.sleep(0.02)
     os.write(2, ("E%%02d-" %% i + "y" * (i %% 5) + "\n").encode())
-    time.sleep(0.01)
+    time.sleep(0.02)
 ''' % INTERLEAVE_N
 
 SIGNAL_PROG = r'''
@@ -699,6 +699,46 @@ class TestControl(CtlCase):
         self.assertEqual((o["state"], o["exit_code"], o["signal"]), ("exited", -1, 15), o)
         self.assertEqual(o["stdout_bytes"], GAP_TOTAL, o)
 
+    def test_gap_live_slow_viewer(self):
+        # a live viewer that does not read while 6 MiB go by: the program is
+        # not held back, and the viewer later gets gaps, then the right bytes
+        want = gap_expected()
+        ex = self.bg_py(self.name, "import time; time.sleep(0.5)\n" + GAP_PROG)["exec_id"]
+        url = self.ws_url("/v1/execs/%s/ws" % ex)
+
+        async def slow():
+            import websockets
+            async with websockets.connect(url, subprotocols=["sbx.v1.json"], max_queue=1,
+                                          read_limit=2 ** 14, max_size=None,
+                                          open_timeout=10) as ws:
+                msgs = [_parse(await asyncio.wait_for(ws.recv(), 10))]
+                deadline = time.time() + 15
+                nxt = 0
+                while time.time() < deadline and nxt < GAP_TOTAL:
+                    await asyncio.sleep(0.1)
+                    nxt = int(self.output(ex, "stdout", GAP_TOTAL).headers["X-Sbx-Next-Offset"])
+                while True:
+                    m = _parse(await asyncio.wait_for(ws.recv(), 10))
+                    msgs.append(m)
+                    if m["type"] == "stdout" and m["offset"] + len(data_of(m)) >= GAP_TOTAL:
+                        return msgs, nxt
+
+        try:
+            msgs, nxt = asyncio.run(slow())
+            self.assertEqual(nxt, GAP_TOTAL, "a slow viewer held the program back")
+            self.assertEqual(msgs[0]["type"], "started")
+            got = rebuild(self, msgs)
+            self.assertTrue(got["gaps"], "no gap event for a viewer that fell behind")
+            # the bytes between the gaps are the program's, at their offsets
+            for m in msgs:
+                if m["type"] == "stdout":
+                    d = data_of(m)
+                    self.assertEqual(d, want[m["offset"]:m["offset"] + len(d)], m["offset"])
+            self.assertEqual(self.get_exec(ex)["state"], "running")
+        finally:
+            self.req("POST", "/v1/execs/%s/kill" % ex)
+        self.assertEqual(self.wait(ex, 10000)["signal"], 9)
+
     # -- several viewers, viewers never kill --------------------------------------------------
     def test_concurrent_viewers(self):
         n = 25
@@ -771,7 +811,7 @@ class TestControl(CtlCase):
         name = unique("ss")
         sb = self.mk(name=name)
         self.sh_ok(name, "echo kept > /root/f")
-        ex = self.bg(name, cmd="sleep", args=["30"])["exec_id"]
+        ex = self.bg(name, cmd="sh", args=["-c", "echo before; sleep 30"])["exec_id"]
         t, box = harness.in_thread(self.srv.request, "GET", "/v1/execs/%s/wait" % ex, None,
                                    None, 30)
         vt, vbox = harness.in_thread(self.view, ex, timeout=15)
@@ -793,6 +833,7 @@ class TestControl(CtlCase):
         o = self.get_exec(ex)
         self.assertEqual(o["state"], "killed", o)
         self.assertTime(o["ended_at"])
+        self.assertEqual(self.out_ok(ex), (b"before\n", 0, 7, True))
         lst = self.req("GET", "/v1/sandboxes/%s/execs?state=killed" % name).json["data"]
         self.assertEqual([e["exec_id"] for e in lst], [ex])
         self.assertError(self.exec(name, cmd="true"), 409, "sandbox_not_running")
@@ -966,6 +1007,47 @@ class TestControlRestart(CtlCase):
 
     def test_background_survives_kill9_restart(self):
         self._survives("kill9")
+
+    def test_control_after_restart(self):
+        cat = self.bg(self.name, cmd="cat")["exec_id"]
+        sig = self.bg_py(self.name, SIGNAL_PROG)["exec_id"]
+        tty = self.bg_py(self.name, WINCH_PROG, tty=True)["exec_id"]
+        try:
+            self.assertEqual(self.req("POST", "/v1/execs/%s/stdin" % cat, b"one\n").status, 204)
+            self.poll_output(sig, lambda d: b"ready" in d)
+            self.poll_output(tty, lambda d: b"ready" in d)
+            self.assertEqual(self.srv.stop(), 0)
+            self.srv.start()
+            r = self.req("POST", "/v1/execs/%s/stdin?eof=true" % cat, b"two\n")
+            self.assertEqual(r.status, 204, r)
+            o = self.wait(cat, 8000)
+            self.assertEqual((o["state"], o["exit_code"]), ("exited", 0), o)
+            self.assertEqual(o["stdout_bytes"], 8, o)
+            data, off, nxt, comp = self.out_ok(cat, "stdout", 0)
+            self.assertEqual((b"one\ntwo\n"[off:], nxt, comp), (data, 8, True))
+            r = self.post_signal(sig, "SIGUSR2")
+            self.assertEqual(r.status, 202, r)
+            self.assertIn(b"sig12", self.poll_output(sig, lambda d: b"sig12" in d))
+            r = self.req("POST", "/v1/execs/%s/resize" % tty, {"rows": 33, "cols": 44})
+            self.assertEqual(r.status, 204, "resize of a tty exec after a restart: %r" % r)
+            self.assertIn(b"size 33 44", self.poll_output(tty, lambda d: b"size 33 44" in d))
+        finally:
+            for ex in (cat, sig, tty):
+                self.req("POST", "/v1/execs/%s/kill" % ex)
+
+    def test_exec_ended_while_down(self):
+        ex = self.bg(self.name, cmd="sh",
+                     args=["-c", "echo a; sleep 0.4; echo bb >&2; exit 3"])["exec_id"]
+        time.sleep(0.1)
+        self.assertEqual(self.srv.kill9(), -signal.SIGKILL)
+        time.sleep(0.8)
+        self.srv.start()
+        o = self.wait(ex, 5000)
+        self.assertEqual((o["state"], o["exit_code"], o["signal"]), ("exited", 3, None), o)
+        self.assertEqual((o["stdout_bytes"], o["stderr_bytes"]), (2, 3), o)
+        self.assertTime(o["ended_at"])
+        data, off, nxt, comp = self.out_ok(ex, "stderr", 0)
+        self.assertEqual((data, off, nxt, comp), (b"bb\n", 0, 3, True))
 
     def test_agent_killed_while_down(self):
         name = unique("gone")
