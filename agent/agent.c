@@ -826,9 +826,9 @@ static void send_hello(agent *a, agent_conn *c) {
     const char *st = s->state != SS_ENDED            ? "running"
                      : s->final_type == SBX_F_FAILED ? "failed"
                                                      : "exited";
-    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i,s:I,s:I,s:I}", "session",
+    json_array_append_new(list, json_pack("{s:i,s:s,s:s,s:i,s:b,s:I,s:I,s:I}", "session",
                                           (json_int_t)s->id, "exec_id", s->exec_id, "state", st,
-                                          "pid", (int)s->pid, "stdout_bytes",
+                                          "pid", (int)s->pid, "tty", s->tty, "stdout_bytes",
                                           (json_int_t)s->sent[0], "stderr_bytes",
                                           (json_int_t)s->sent[1], "frames", (json_int_t)s->frames));
   }

@@ -33,7 +33,7 @@ typedef enum sbx_frame_type {
   /* both directions, session 0 */
   SBX_F_HELLO = 1, /* a->g on connect: {"version":1,"agent":"sbx-agent 0.1","pid":1,
                       "sessions":[{"session":7,"exec_id":"ex_..","state":"running"|"exited"|
-                                   "failed","pid":42,"stdout_bytes":n,"stderr_bytes":n,
+                                   "failed","pid":42,"tty":bool,"stdout_bytes":n,"stderr_bytes":n,
                                    "frames":n}]}
                       (every session not yet RELEASEd; *_bytes: output already sent, so a
                       new gateway continues the stream offsets, and frames the seq numbers, where they were)

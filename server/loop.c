@@ -182,6 +182,7 @@ static void adopt_sessions(alink *lk, json_t *list) {
       continue;
     s->res.pid = (int)json_integer_value(json_object_get(it, "pid"));
     s->res.started = true;
+    s->tty = json_is_true(json_object_get(it, "tty"));
     /* offsets go on from what the agent already sent (to the gateway that died) */
     s->ret.end[0] = s->res.out_bytes = (uint64_t)json_integer_value(json_object_get(it, "stdout_bytes"));
     s->ret.end[1] = s->res.err_bytes = (uint64_t)json_integer_value(json_object_get(it, "stderr_bytes"));
@@ -497,6 +498,18 @@ static void run_job(loop *l, loop_job *job) {
   }
   case LOOP_JOB_EXEC:
     start_job_exec(l, job);
+    return;
+  case LOOP_JOB_RELEASE_WAITS:
+    /* shutting down: a wait is not work to finish; answer it now */
+    for (session *s = l->sessions; s; s = s->next_all) {
+      for (loop_job *w = s->waiters, *n; w; w = n) {
+        n = w->next_waiter;
+        lws_sul_cancel(&w->timer);
+        job_finish(w, 0, NULL);
+      }
+      s->waiters = NULL;
+    }
+    job_finish(job, 0, NULL);
     return;
   default:
     run_exec_job(l, job);

@@ -35,6 +35,7 @@ typedef enum {
   LOOP_JOB_RESIZE, /* rows x cols (tty execs) */
   LOOP_JOB_WAIT,   /* done when the exec ends or timeout_ms passes (rc 0 both) */
   LOOP_JOB_OUTPUT, /* copy retained output of `stream` from `offset` */
+  LOOP_JOB_RELEASE_WAITS, /* answer every pending WAIT now (shutdown) */
 } loop_job_kind;
 
 typedef struct exec_result {

@@ -236,6 +236,7 @@ int main(int argc, char **argv) {
            (long long)server.cfg.shutdown_grace_ms);
   atomic_store(&server.stopping, true);
   listener_stop(lst);
+  loop_call(server.loop, &(loop_job){.kind = LOOP_JOB_RELEASE_WAITS, .fd = -1});
   wait_idle(server.cfg.shutdown_grace_ms);
   loop_stop(server.loop); /* answers what is still waiting with 503 */
   server.loop = NULL;
