@@ -371,7 +371,8 @@ int sbx_stream_resize(sbx_stream *s, int rows, int cols, sbx_error *err);
 /* The exec id once `started` arrived (or the attached id), else NULL. */
 const char *sbx_stream_exec_id(const sbx_stream *s);
 /* Close the socket (normal closure) and free the stream.  An exec started with
- * detach, or attached to, keeps running. */
+ * detach, or attached to, keeps running.  No other thread may be using the
+ * stream or its stdin writer when it is called. */
 void sbx_stream_close(sbx_stream *s);
 
 #ifdef __cplusplus

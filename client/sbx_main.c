@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "client/sbx.h"
@@ -442,10 +444,32 @@ static int cmd_lifecycle(int argc, char **argv, const char *cmd) {
 
 /* ---- exec / shell --------------------------------------------------------------------- */
 
-static volatile sig_atomic_t interrupts;
+static volatile sig_atomic_t interrupts, winch;
 static void on_sigint(int sig) {
   (void)sig;
   interrupts++;
+}
+static void on_sigwinch(int sig) {
+  (void)sig;
+  winch = 1;
+}
+
+/* -i -T on a terminal: raw mode, so keys (Ctrl-C too) reach the remote tty */
+static struct termios saved_tio;
+static bool tio_saved;
+static void restore_tty(void) {
+  if (tio_saved)
+    tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_tio);
+}
+static void raw_tty(void) {
+  struct termios t;
+  if (tcgetattr(STDIN_FILENO, &saved_tio) < 0)
+    return;
+  tio_saved = true;
+  atexit(restore_tty);
+  t = saved_tio;
+  cfmakeraw(&t);
+  tcsetattr(STDIN_FILENO, TCSADRAIN, &t);
 }
 
 typedef struct stdin_pump {
@@ -563,6 +587,12 @@ static int pump_events(sbx_stream *s, bool forward_ctrl_c) {
   bool out_ok = true, err_ok = true;
   int handled = 0;
   for (;;) {
+    if (winch) {
+      winch = 0;
+      struct winsize ws;
+      if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
+        sbx_stream_resize(s, ws.ws_row, ws.ws_col, NULL);
+    }
     if (forward_ctrl_c && interrupts > handled) {
       handled = interrupts;
       if (handled == 1)
@@ -684,9 +714,10 @@ static int cmd_exec(int argc, char **argv, bool shell) {
   const char *cmd = argv[optind];
   const char *const *args = (const char *const *)argv + optind + 1;
   const char *command = shell ? cmd : NULL;
-  if (o.tty && isatty(STDOUT_FILENO)) {
-    o.rows = 24;
-    o.cols = 80;
+  struct winsize ws;
+  if (o.tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) {
+    o.rows = ws.ws_row;
+    o.cols = ws.ws_col;
   }
   if (connect_client())
     return EXIT_API;
@@ -707,6 +738,12 @@ static int cmd_exec(int argc, char **argv, bool shell) {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
+  if (o.tty) {
+    sa.sa_handler = on_sigwinch;
+    sigaction(SIGWINCH, &sa, NULL);
+    if (interactive && isatty(STDIN_FILENO))
+      raw_tty();
+  }
   static stdin_pump pump;
   pthread_t th;
   bool have_thread = false;

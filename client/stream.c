@@ -803,6 +803,7 @@ void sbx_stream_close(sbx_stream *s) {
     return;
   pthread_mutex_lock(&s->mu);
   s->closing = true;
+  pthread_cond_broadcast(&s->cond); /* a blocked stdin writer gives up */
   pthread_mutex_unlock(&s->mu);
   lws_cancel_service(s->ctx);
   struct timespec ts;

@@ -154,6 +154,7 @@ static void send_exec(alink *lk, session *s) {
     return;
   }
   json_decref(spec);
+  session_send_pending(s);
   link_flush(lk);
 }
 

@@ -70,6 +70,7 @@ struct session {
   uint64_t owed[2];    /* credit withheld while the owner lags */
   loop_job *waiters;   /* LOOP_JOB_WAIT jobs */
   json_t *pending_spec; /* EXEC payload waiting for the agent's hello */
+  struct pending_frame *pending; /* frames for the session sent before its EXEC went out */
   lws_sorted_usec_list_t linger; /* frees an ended session after retention time */
 };
 
@@ -82,8 +83,11 @@ int session_frame(session *s, const sbx_frame_hdr *h, const uint8_t *payload);
 void session_fail(session *s);
 /* The agent connection is gone: a live session ends as killed. */
 void session_lost(session *s);
-/* Send a frame to the session's agent (dropped if the link is gone). */
+/* Send a frame to the session's agent (dropped if the link is gone; held
+ * until the EXEC is out if it is still pending). */
 int session_send(session *s, uint8_t type, const void *p, size_t n);
+/* The EXEC went out: send what session_send held back, in order. */
+void session_send_pending(session *s);
 /* Give withheld credit back when the owner has caught up. */
 void session_credit_check(session *s);
 /* Free everything (loop shutdown). */

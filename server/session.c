@@ -178,15 +178,49 @@ void session_free(session *s) {
   json_decref(s->res.failure);
   json_decref(s->failure);
   json_decref(s->pending_spec);
+  for (pending_frame *f = s->pending, *n; f; f = n) {
+    n = f->next;
+    free(f);
+  }
   free(s);
 }
+
+typedef struct pending_frame {
+  struct pending_frame *next;
+  uint8_t type;
+  size_t n;
+  uint8_t data[];
+} pending_frame;
 
 int session_send(session *s, uint8_t type, const void *p, size_t n) {
   if (!s->lk || s->lk->closing)
     return -1;
+  if (s->pending_spec) { /* the agent has not heard of the session yet */
+    pending_frame *f = malloc(sizeof *f + n), **pp = &s->pending;
+    if (!f)
+      return -1;
+    f->next = NULL;
+    f->type = type;
+    f->n = n;
+    if (n)
+      memcpy(f->data, p, n);
+    while (*pp)
+      pp = &(*pp)->next;
+    *pp = f;
+    return 0;
+  }
   int rc = agent_conn_send(s->lk->conn, s->id, type, p, n);
   link_flush(s->lk);
   return rc;
+}
+
+void session_send_pending(session *s) {
+  for (pending_frame *f = s->pending, *n; f; f = n) {
+    n = f->next;
+    session_send(s, f->type, f->data, f->n);
+    free(f);
+  }
+  s->pending = NULL;
 }
 
 static void grant(session *s, uint64_t out, uint64_t err) {

@@ -63,6 +63,18 @@ static const migration migrations[] = {
      "CREATE INDEX execs_sandbox_state_seq ON execs(sandbox_id, state, seq);"
      /* restart recovery: every exec still running, whatever its sandbox */
      "CREATE INDEX execs_state ON execs(state);"},
+    {2,
+     /* API keys: only a SHA-256 of the key is kept; id is its public part */
+     "CREATE TABLE keys ("
+     "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+     "  id TEXT NOT NULL UNIQUE,"
+     "  hash TEXT NOT NULL,"
+     "  scope TEXT NOT NULL,"
+     "  labels TEXT NOT NULL DEFAULT '{}',"
+     "  name TEXT,"
+     "  created_at TEXT NOT NULL,"
+     "  revoked_at TEXT"
+     ");"},
 };
 
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])

@@ -72,4 +72,18 @@ int store_exec_list(store *s, const char *sandbox_id, const char *state, int lim
  * ended_at=now.  Used at stop and at restart recovery. */
 int store_exec_end_running(store *s, const char *sandbox_id, const char *state, sbx_err *err);
 
+/* ---- API keys ---- */
+/* Keys are {"id","scope","labels":{k:v},"name","created_at","revoked_at","hash"};
+ * hash is the hex SHA-256 of the whole key, never the key. */
+int store_key_insert(store *s, const char *id, const char *hash_hex, const char *scope,
+                     json_t *labels, const char *name, sbx_err *err);
+/* Unknown: SBX_E_NOT_FOUND. */
+int store_key_get(store *s, const char *id, json_t **out, sbx_err *err);
+/* Every key, oldest first (hash omitted). */
+int store_key_list(store *s, json_t **out, sbx_err *err);
+/* Unknown or already revoked: SBX_E_NOT_FOUND. */
+int store_key_revoke(store *s, const char *id, sbx_err *err);
+/* Keys not revoked. */
+int store_key_count_active(store *s, int64_t *n, sbx_err *err);
+
 #endif

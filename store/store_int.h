@@ -20,7 +20,7 @@
 
 /* Cached statements: every constant SQL text the store runs fits here; a
  * full cache is a programming error reported as SBX_E_INTERNAL. */
-#define STORE_STMT_CACHE 32
+#define STORE_STMT_CACHE 48
 
 struct store {
   sqlite3 *db;

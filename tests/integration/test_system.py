@@ -37,6 +37,7 @@ def _template_re(p):
 def _fill(p):
     p = p.replace("{ref}", "no-such-sandbox")
     p = p.replace("{id}", "ex_0000000000000000")
+    p = p.replace("{file}", "app.js")  # a console file that exists
     return re.sub(r"\{[^}]+\}", "x", p)
 
 

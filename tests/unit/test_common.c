@@ -4,6 +4,8 @@
 
 #include "common/buf.h"
 #include "common/err.h"
+#include "common/sha256.h"
+#include "common/utf8.h"
 #include "common/util.h"
 
 START_TEST(err_kinds_map_to_statuses) {
@@ -75,6 +77,37 @@ START_TEST(chunks_append_and_copy) {
 }
 END_TEST
 
+START_TEST(sha256_known_vectors) {
+  char hex[65];
+  sbx_sha256_hex("", 0, hex);
+  ck_assert_str_eq(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  sbx_sha256_hex("abc", 3, hex);
+  ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"; /* 56 bytes: two blocks */
+  sbx_sha256_hex(m, strlen(m), hex);
+  ck_assert_str_eq(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  ck_assert(sbx_ct_equal("abc", "abc", 3));
+  ck_assert(!sbx_ct_equal("abc", "abd", 3));
+}
+END_TEST
+
+START_TEST(utf8_sanitize_holds_back_partial_sequences) {
+  char out[64];
+  size_t olen;
+  /* "é" split: the lead byte alone is held back unless final */
+  ck_assert_uint_eq(sbx_utf8_sanitize((const uint8_t *)"a\xc3", 2, false, out, &olen), 1);
+  ck_assert_uint_eq(olen, 1);
+  ck_assert_uint_eq(sbx_utf8_sanitize((const uint8_t *)"a\xc3", 2, true, out, &olen), 2);
+  ck_assert(memcmp(out, "a\xef\xbf\xbd", 4) == 0);
+  /* invalid bytes are replaced one maximal subpart at a time */
+  ck_assert_uint_eq(sbx_utf8_sanitize((const uint8_t *)"\xed\xa0\x80x", 4, false, out, &olen), 4);
+  ck_assert_uint_eq(olen, 10); /* three U+FFFD and x */
+  ck_assert_int_eq(sbx_utf8_classify((const uint8_t *)"\xf0\x9f\x98\x80", 4), 4);
+  ck_assert_int_eq(sbx_utf8_classify((const uint8_t *)"\xf0\x9f", 2), 0);
+  ck_assert_int_eq(sbx_utf8_classify((const uint8_t *)"\xc0\x80", 2), -1);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("common");
   TCase *tc = tcase_create("core");
@@ -82,6 +115,8 @@ int main(void) {
   tcase_add_test(tc, ids_and_names);
   tcase_add_test(tc, rfc3339_has_milliseconds);
   tcase_add_test(tc, chunks_append_and_copy);
+  tcase_add_test(tc, sha256_known_vectors);
+  tcase_add_test(tc, utf8_sanitize_holds_back_partial_sequences);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
