@@ -19,6 +19,13 @@
 
 #define OWNER_WINDOW (1u << 20)
 
+typedef struct pending_frame {
+  struct pending_frame *next;
+  uint8_t type;
+  size_t n;
+  uint8_t data[];
+} pending_frame;
+
 /* ---------------------------------------------------------------- retention */
 
 void retention_init(retention *r, uint64_t limit) {
@@ -184,13 +191,6 @@ void session_free(session *s) {
   }
   free(s);
 }
-
-typedef struct pending_frame {
-  struct pending_frame *next;
-  uint8_t type;
-  size_t n;
-  uint8_t data[];
-} pending_frame;
 
 int session_send(session *s, uint8_t type, const void *p, size_t n) {
   if (!s->lk || s->lk->closing)
