@@ -6,6 +6,7 @@
 #   make test       unit (Check) + integration tests against a real sbxd
 #   make asan       the same tests with ASan+UBSan binaries (build-asan/)
 #   make bench      the benchmark table
+#   make fuzz       libFuzzer targets, FUZZ_SECONDS (60) each (scripts/fuzz-deps.sh)
 
 BUILD  ?= build
 CC     ?= gcc
@@ -123,8 +124,43 @@ bench: deps all
 	@scripts/bench-deps.sh
 	BUILD=$(BUILD) bench/run.sh
 
-clean:
-	rm -rf build build-asan
+# libFuzzer targets (tests/fuzz/): clang builds them straight from the sources
+# they exercise (not from the gcc-built libsbxcore.a), with ASan+UBSan, and
+# runs each for FUZZ_SECONDS on a scratch corpus seeded from
+# tests/fuzz/corpus/<target>/.  A crash stops `make fuzz`; its reproducer is
+# in $(FUZZ_DIR)/artifacts/ (keep it as a seed once fixed).
+FUZZ_DIR     ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_TARGETS := fuzz_request fuzz_frame fuzz_ws
+FUZZ_SRC     := routes/request.c routes/render.c routes/b64.c agent/proto.c vmm/agent_conn.c \
+                common/util.c common/err.c common/buf.c common/utf8.c
+FUZZ_FLAGS   := -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 
-.PHONY: all deps run unit test asan bench clean
+$(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_SRC) $(wildcard common/*.h routes/*.h agent/*.h vmm/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(shell pkg-config --cflags jansson) -o $@ $< $(FUZZ_SRC) \
+	    $(shell pkg-config --libs jansson) -lpthread
+
+fuzz:
+	@scripts/fuzz-deps.sh
+	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/%)
+	@mkdir -p $(FUZZ_DIR)/artifacts
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	  echo "== $$t: $(FUZZ_SECONDS)s"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -max_len=16384 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- \
+	    $(FUZZ_DIR)/corpus/$$t tests/fuzz/corpus/$$t 2>$(FUZZ_DIR)/$$t.log \
+	    || { tail -n 60 $(FUZZ_DIR)/$$t.log; echo "fuzz: $$t FAILED (reproducer in $(FUZZ_DIR)/artifacts/)"; exit 1; }; \
+	  grep -E '^#[0-9]+[[:space:]]+DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' \
+	    $(FUZZ_DIR)/$$t.log || true; \
+	done
+
+clean:
+	rm -rf build build-asan $(FUZZ_DIR)
+
+.PHONY: all deps run unit test asan bench clean fuzz
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

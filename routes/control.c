@@ -14,8 +14,7 @@
 static void decrefp(json_t **j) { json_decref(*j); }
 #define cleanup_json __attribute__((cleanup(decrefp)))
 
-/* The exec's record, or a queued 404/500 in *ret. */
-static json_t *exec_record(http_req *r, enum MHD_Result *ret) {
+json_t *route_exec_record(http_req *r, enum MHD_Result *ret) {
   store *st = store_thread();
   json_t *ex = NULL;
   sbx_err err;
@@ -27,7 +26,17 @@ static json_t *exec_record(http_req *r, enum MHD_Result *ret) {
     *ret = http_reply_error(r, &err, NULL);
     return NULL;
   }
-  sandbox_touch(json_string_value(json_object_get(ex, "sandbox_id")));
+  const char *sandbox_id = json_string_value(json_object_get(ex, "sandbox_id"));
+  if (r->who.labels) { /* a label-limited key: is the exec's sandbox within reach? */
+    cleanup_json json_t *sb = NULL;
+    if (store_sandbox_get(st, sandbox_id, &sb, &err) < 0 || !http_allow_sandbox(r, sb, ret)) {
+      if (!sb)
+        *ret = http_reply_error(r, &err, NULL);
+      json_decref(ex);
+      return NULL;
+    }
+  }
+  sandbox_touch(sandbox_id);
   return ex;
 }
 
@@ -52,13 +61,13 @@ static enum MHD_Result control_error(http_req *r) {
 
 static enum MHD_Result wait_done(http_req *r) {
   enum MHD_Result ret;
-  json_t *ex = exec_record(r, &ret);
+  json_t *ex = route_exec_record(r, &ret);
   return ex ? http_reply_json(r, 200, ex) : ret;
 }
 
 enum MHD_Result route_exec_wait(http_req *r, json_t *body) {
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   int64_t timeout = -1; /* none */
@@ -91,7 +100,7 @@ static enum MHD_Result signal_done(http_req *r) {
 
 static enum MHD_Result send_signal(http_req *r, int sig) {
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   if (!is_running(ex))
@@ -141,7 +150,7 @@ enum MHD_Result route_exec_stdin(http_req *r, json_t *body) {
     return http_reply_error(r, &err, NULL);
   }
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   if (!is_running(ex))
@@ -174,7 +183,7 @@ enum MHD_Result route_exec_resize(http_req *r, json_t *body) {
     v[i] = (int)json_integer_value(d);
   }
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   if (!json_is_true(json_object_get(ex, "tty")))
@@ -211,7 +220,7 @@ static enum MHD_Result output_done(http_req *r) {
                         job->out_complete);
   /* not in memory: the output has expired; the record says how much there was */
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   uint64_t total = (uint64_t)json_integer_value(
@@ -238,7 +247,7 @@ enum MHD_Result route_exec_output(http_req *r, json_t *body) {
     offset = (uint64_t)v;
   }
   enum MHD_Result ret;
-  cleanup_json json_t *ex = exec_record(r, &ret);
+  cleanup_json json_t *ex = route_exec_record(r, &ret);
   if (!ex)
     return ret;
   r->job.stream = stream && !strcmp(stream, "stderr");

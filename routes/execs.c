@@ -91,6 +91,9 @@ static enum MHD_Result start(http_req *r, json_t *body, bool shell_mode) {
   sbx_err err;
   if (store_sandbox_get(st, r->params[0], &s->sandbox, &err) < 0)
     return http_reply_error(r, &err, NULL);
+  enum MHD_Result ret;
+  if (!http_allow_sandbox(r, s->sandbox, &ret))
+    return ret;
   sandbox_touch(json_string_value(json_object_get(s->sandbox, "id")));
   const char *shell = json_string_value(json_object_get(s->sandbox, "shell"));
   if (exec_request_parse(body, shell_mode, shell ? shell : "/bin/sh", false, &s->req, &err) < 0)
@@ -128,14 +131,9 @@ enum MHD_Result route_exec(http_req *r, json_t *body) { return start(r, body, fa
 enum MHD_Result route_shell(http_req *r, json_t *body) { return start(r, body, true); }
 
 enum MHD_Result route_exec_get(http_req *r, json_t *body) {
-  store *st = store_thread();
-  json_t *ex = NULL;
-  sbx_err err;
-  if (!st)
-    return http_reply_fail(r, SBX_E_INTERNAL, "database unavailable");
-  if (store_exec_get(st, r->params[0], &ex, &err) < 0)
-    return http_reply_error(r, &err, NULL);
-  return http_reply_json(r, 200, ex);
+  enum MHD_Result ret;
+  json_t *ex = route_exec_record(r, &ret);
+  return ex ? http_reply_json(r, 200, ex) : ret;
 }
 
 enum MHD_Result route_exec_list(http_req *r, json_t *body) {
@@ -147,6 +145,9 @@ enum MHD_Result route_exec_list(http_req *r, json_t *body) {
   cleanup_json json_t *sb = NULL;
   if (store_sandbox_get(st, r->params[0], &sb, &err) < 0)
     return http_reply_error(r, &err, NULL);
+  enum MHD_Result ret;
+  if (!http_allow_sandbox(r, sb, &ret))
+    return ret;
   int limit;
   const char *cursor;
   if (route_paging(r, &limit, &cursor, &err) < 0)

@@ -19,6 +19,7 @@ typedef struct route {
   const char *path; /* segments; "{}" matches one non-empty segment */
   route_fn fn;
   route_body body; /* JSON: parsed and passed; RAW: left in r->body for the handler */
+  sbx_scope scope;  /* what a key needs (SCOPE_NONE: open to all) */
 } route;
 
 extern const route routes_table[];
@@ -48,6 +49,10 @@ enum MHD_Result route_exec_kill(http_req *r, json_t *body);
 enum MHD_Result route_exec_stdin(http_req *r, json_t *body);
 enum MHD_Result route_exec_resize(http_req *r, json_t *body);
 enum MHD_Result route_exec_output(http_req *r, json_t *body);
+
+/* The exec {id}'s record, checked against the caller's reach; NULL with the
+ * reply queued in *ret (404, 403, 500). */
+json_t *route_exec_record(http_req *r, enum MHD_Result *ret);
 
 /* Note API activity on a sandbox (for idle_timeout_s). */
 void sandbox_touch(const char *sandbox_id);

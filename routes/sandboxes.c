@@ -108,6 +108,10 @@ static json_t *lookup(http_req *r, store *st, enum MHD_Result *ret) {
     *ret = http_reply_error(r, &err, NULL);
     return NULL;
   }
+  if (!http_allow_sandbox(r, sb, ret)) {
+    json_decref(sb);
+    return NULL;
+  }
   sandbox_touch(sb_id(sb));
   return sb;
 }
@@ -132,10 +136,25 @@ enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
   cleanup_json json_t *sb = sandbox_request_parse(body, id, sbx_now_ms(), &replace, &err);
   if (!sb)
     return http_reply_error(r, &err, NULL);
+  if (r->who.labels) { /* a label-limited key creates sandboxes inside its reach */
+    json_t *labels = json_object_get(sb, "labels");
+    const char *k;
+    json_t *v;
+    json_object_foreach(r->who.labels, k, v) {
+      json_t *have = json_object_get(labels, k);
+      if (have && !json_equal(have, v))
+        return http_reply_fail(r, SBX_E_FORBIDDEN, "this key may only create sandboxes labelled "
+                                                   "%s=%s", k, json_string_value(v));
+      json_object_set(labels, k, v);
+    }
+  }
   const char *name = json_string_value(json_object_get(sb, "name"));
   if (replace) {
     cleanup_json json_t *old = NULL;
     if (store_sandbox_get(st, name, &old, NULL) == 0) {
+      enum MHD_Result ret;
+      if (!http_allow_sandbox(r, old, &ret))
+        return ret;
       cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(old));
       if (sandbox_remove_locked(st, old, &err) < 0 && err.kind != SBX_E_SANDBOX_NOT_FOUND)
         return http_reply_error(r, &err, NULL);
@@ -227,6 +246,16 @@ enum MHD_Result route_sandbox_list(http_req *r, json_t *body) {
   if (acc.bad) {
     sbx_fail_field(&err, "label", "label filters look like label=key=value");
     return http_reply_error(r, &err, NULL);
+  }
+  if (r->who.labels) { /* a label-limited key sees only its sandboxes */
+    const char *k;
+    json_t *v;
+    json_object_foreach(r->who.labels, k, v) {
+      json_t *asked = json_object_get(labels, k);
+      if (asked && !json_equal(asked, v))
+        return http_reply_json(r, 200, json_pack("{s:[],s:n}", "data", "next_cursor"));
+      json_object_set(labels, k, v);
+    }
   }
   json_t *list = NULL;
   char *next = NULL;

@@ -1,7 +1,10 @@
 /* http.c - libmicrohttpd glue: request lifecycle, routing, replies, access log. */
 #include "http.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
+#include <strings.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,6 +28,7 @@ static bool valid_request_id(const char *s) {
 }
 
 static void req_free(http_req *r) {
+  auth_who_clear(&r->who);
   if (r->state_free)
     r->state_free(r->state);
   loop_job_clear(&r->job);
@@ -44,6 +48,13 @@ enum MHD_Result http_queue(http_req *r, int status, struct MHD_Response *resp,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
   if (status == 503 || status == 429)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+  if (r->cors_origin[0]) {
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->cors_origin);
+    MHD_add_response_header(resp, "Vary", "Origin");
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                            "X-Request-Id, X-Sbx-Offset, X-Sbx-Next-Offset, X-Sbx-Complete, "
+                            "Retry-After");
+  }
   r->status = status;
   r->handled = true;
   enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)status, resp);
@@ -106,6 +117,39 @@ enum MHD_Result http_reply_stream(http_req *r, int status, const char *ctype,
 
 const char *http_query(http_req *r, const char *key) {
   return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+bool http_allow_sandbox(http_req *r, json_t *sandbox, enum MHD_Result *ret) {
+  sbx_err err;
+  if (auth_allow(&r->who, r->need, json_object_get(sandbox, "labels"), &err) == 0)
+    return true;
+  *ret = http_reply_error(r, &err, NULL);
+  return false;
+}
+
+bool http_origin_allowed(const char *origin, const char *host) {
+  for (int i = 0; i < g_server->cfg.n_allow_origin; i++)
+    if (!strcmp(g_server->cfg.allow_origin[i], "*") ||
+        !strcasecmp(g_server->cfg.allow_origin[i], origin))
+      return true;
+  const char *o = strstr(origin, "://");
+  return o && host && !strcasecmp(o + 3, host);
+}
+
+static bool client_is_loopback(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (!ci || !ci->client_addr)
+    return false;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+  if (sa->sa_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) ||
+           (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+  }
+  return false;
 }
 
 /* ------------------------------------------------------------------- async */
@@ -184,6 +228,33 @@ static enum MHD_Result dispatch(http_req *r) {
     size_t n = strlen(allow);
     snprintf(allow + n, sizeof allow - n, "%s%s", n ? ", " : "", rt->method);
   }
+  const char *origin = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+  if (origin) {
+    /* a browser: only allowed Origins may call (no cross-site requests that
+     * skip preflight, e.g. a text/plain POST, ever reach a route) */
+    const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Host");
+    if (!http_origin_allowed(origin, host))
+      return http_reply_fail(r, SBX_E_FORBIDDEN, "Origin %.100s is not allowed (sbxd --allow-origin)",
+                             origin);
+    snprintf(r->cors_origin, sizeof r->cors_origin, "%s", origin);
+  }
+  if (!strcmp(r->method, "OPTIONS") && (hit || allow[0])) {
+    /* CORS preflight (or a plain OPTIONS): which methods, which headers */
+    char methods[160];
+    snprintf(methods, sizeof methods, "%s%s%s", hit ? hit->method : "", hit && allow[0] ? ", " : "",
+             allow);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (resp) {
+      MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, methods);
+      if (r->cors_origin[0]) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", methods);
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                "Authorization, Content-Type, X-Request-Id");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+      }
+    }
+    return http_queue(r, 204, resp, NULL);
+  }
   if (!hit && allow[0]) {
     sbx_err err = {.kind = SBX_E_METHOD_NOT_ALLOWED};
     snprintf(err.msg, sizeof err.msg, "%s is not allowed on %s (allowed: %s)", r->method, r->url,
@@ -200,6 +271,18 @@ static enum MHD_Result dispatch(http_req *r) {
   }
   if (!hit)
     return http_reply_fail(r, SBX_E_NOT_FOUND, "no route for %s %s", r->method, r->url);
+  r->need = hit->scope;
+  sbx_err aerr;
+  if (!auth_enabled() && !client_is_loopback(r->conn))
+    return http_reply_fail(r, SBX_E_FORBIDDEN, "this server has no API keys, so it serves only "
+                                                "loopback clients (sbxd keys create)");
+  if (hit->scope != SCOPE_NONE) {
+    const char *key =
+        auth_bearer(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"));
+    if (auth_check(key, &r->who, &aerr) < 0 || auth_allow(&r->who, hit->scope, NULL, &aerr) < 0 ||
+        auth_rate(&r->who, &aerr) < 0)
+      return http_reply_error(r, &aerr, NULL);
+  }
   json_t *body = NULL;
   if (hit->body == BODY_JSON) {
     if (r->body_len == 0) {

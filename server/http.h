@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "../common/err.h"
+#include "auth.h"
 #include "loop.h"
 
 #define HTTP_MAX_PARAMS 2
@@ -36,6 +37,9 @@ struct http_req {
   bool handled;
   int status; /* for the access log */
   char params[HTTP_MAX_PARAMS][160]; /* the {..} path segments, in order */
+  auth_who who;         /* the caller (auth.h) */
+  sbx_scope need;       /* what the matched route needs */
+  char cors_origin[256];/* an allowed browser Origin to answer with CORS headers */
   /* async: a job for the loop and what to do when it is back */
   loop_job job;
   http_resume_fn on_resume;
@@ -75,6 +79,14 @@ enum MHD_Result http_reply_stream(http_req *r, int status, const char *ctype,
 
 /* Post r->job to the loop and suspend the request; on_resume answers it. */
 enum MHD_Result http_suspend(http_req *r, http_resume_fn on_resume);
+
+/* May the caller act on a sandbox with these labels at the route's scope?
+ * If not, queues the 403 and returns false (*ret set). */
+bool http_allow_sandbox(http_req *r, json_t *sandbox, enum MHD_Result *ret);
+
+/* Is this browser Origin allowed: listed in --allow-origin ("*" = any) or
+ * the same host:port the client asked for (Host)? */
+bool http_origin_allowed(const char *origin, const char *host);
 
 /* Query string value, or NULL. */
 const char *http_query(http_req *r, const char *key);

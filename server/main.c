@@ -13,6 +13,7 @@
 #include "../common/util.h"
 #include "../routes/routes.h"
 #include "../store/store.h"
+#include "auth.h"
 #include "http.h"
 #include "listener.h"
 #include "loop.h"
@@ -32,7 +33,15 @@ static void usage(FILE *f) {
           "  --retain-after-exit-s N  how long an ended exec's output stays (default 300)\n"
           "  --ws-ping-s N        ping idle WebSockets after N s, drop them after 2N (default 30)\n"
           "  --allow-origin URL   a browser Origin allowed to open WebSockets (repeatable; \"*\" = any)\n"
+          "  --rate N             requests per second per API key, burst 2N (default 50; 0 = off)\n"
+          "  --max-sandboxes N    sandboxes per server (default 1000)\n"
+          "  --max-execs N        running execs per sandbox (default 1024)\n"
+          "  --insecure           serve a non-loopback address without API keys\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
+          "\n"
+          "       sbxd keys create [--scope read|exec|admin] [--label K=V]... [--name N] [--data-dir DIR]\n"
+          "       sbxd keys list [--data-dir DIR]\n"
+          "       sbxd keys revoke KEY_ID [--data-dir DIR]\n"
           "  --help\n");
 }
 
@@ -68,7 +77,7 @@ static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
 
 static int parse_args(int argc, char **argv, sbx_config *c) {
   enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP,
-         O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN };
+         O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN, O_RATE, O_MAXSB, O_MAXEX, O_INSECURE };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
       {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
@@ -77,6 +86,8 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       {"retain-bytes", required_argument, 0, O_RETAIN},
       {"retain-after-exit-s", required_argument, 0, O_RETAIN_AFTER},
       {"ws-ping-s", required_argument, 0, O_PING}, {"allow-origin", required_argument, 0, O_ORIGIN},
+      {"rate", required_argument, 0, O_RATE}, {"max-sandboxes", required_argument, 0, O_MAXSB},
+      {"max-execs", required_argument, 0, O_MAXEX}, {"insecure", no_argument, 0, O_INSECURE},
       {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
   const char *data = "./var", *images = NULL, *agent = NULL;
   snprintf(c->host, sizeof c->host, "127.0.0.1");
@@ -87,6 +98,9 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   c->retain_bytes = 4u << 20;
   c->retain_after_exit_ms = 300000;
   c->ws_ping_s = 30;
+  c->rate_per_s = 50;
+  c->max_sandboxes = 1000;
+  c->max_execs = 1024;
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -135,6 +149,20 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
         return fprintf(stderr, "sbxd: too many or too long --allow-origin\n"), -1;
       snprintf(c->allow_origin[c->n_allow_origin++], 256, "%s", optarg);
       break;
+    case O_RATE:
+      c->rate_per_s = strtod(optarg, &end);
+      if (*end || c->rate_per_s < 0)
+        return fprintf(stderr, "sbxd: --rate wants requests per second >= 0\n"), -1;
+      break;
+    case O_MAXSB:
+    case O_MAXEX: {
+      long v = strtol(optarg, &end, 10);
+      if (*end || v < 1 || v > 1000000)
+        return fprintf(stderr, "sbxd: --max-sandboxes/--max-execs want 1..1000000\n"), -1;
+      *(o == O_MAXSB ? &c->max_sandboxes : &c->max_execs) = (int)v;
+      break;
+    }
+    case O_INSECURE: c->insecure = true; break;
     case O_LOG:
       if (sbx_log_parse_level(optarg, &sbx_log_threshold) < 0)
         return fprintf(stderr, "sbxd: unknown --log-level '%s'\n", optarg), -1;
@@ -177,7 +205,32 @@ static void wait_idle(int64_t ms) {
     usleep(10 * 1000);
 }
 
+/* `sbxd keys ...`: --data-dir may come anywhere after "keys". */
+static int keys_main(int argc, char **argv) {
+  const char *data = "./var";
+  char *rest[64];
+  int n = 0;
+  for (int i = 2; i < argc && n < 63; i++) {
+    if (!strcmp(argv[i], "--data-dir") && i + 1 < argc)
+      data = argv[++i];
+    else
+      rest[n++] = argv[i];
+  }
+  rest[n] = NULL;
+  if (sbx_mkdir_p(data, 0700) < 0)
+    return fprintf(stderr, "sbxd keys: %s: %s\n", data, strerror(errno)), 1;
+  char db[4200];
+  snprintf(db, sizeof db, "%s/sbx.db", data);
+  return auth_keys_main(n, rest, db);
+}
+
+static bool is_loopback_host(const char *h) {
+  return !strcmp(h, "localhost") || !strncmp(h, "127.", 4) || !strcmp(h, "::1");
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "keys"))
+    return keys_main(argc, argv);
   static sbx_server server;
   g_server = &server;
   if (parse_args(argc, argv, &server.cfg) < 0)
@@ -196,6 +249,11 @@ int main(int argc, char **argv) {
   sbx_err err;
   if (store_global_init(server.cfg.db_path, &err) < 0) {
     log_error("database %s: %s", server.cfg.db_path, err.msg);
+    return 1;
+  }
+  if (!is_loopback_host(server.cfg.host) && !server.cfg.insecure && !auth_enabled()) {
+    log_error("refusing to serve %s without API keys: create one with `sbxd keys create "
+              "--data-dir %s`, or pass --insecure", server.cfg.host, server.cfg.data_dir);
     return 1;
   }
   if (loop_start(&server.loop, &err) < 0) {

@@ -32,6 +32,10 @@ typedef struct sbx_config {
   int ws_ping_s;                 /* ping idle WebSockets after this; drop after twice */
   char allow_origin[16][256];    /* browser Origins allowed (besides same-host); "*" = any */
   int n_allow_origin;
+  double rate_per_s;  /* requests per second per API key (burst: twice that); 0 = no limit */
+  bool insecure;      /* allow a non-loopback listen address without keys */
+  int max_sandboxes;  /* sandboxes per server (503 capacity beyond) */
+  int max_execs;      /* running execs per sandbox (503 capacity beyond) */
 } sbx_config;
 
 struct loop;

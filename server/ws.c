@@ -19,6 +19,8 @@
 #include "../common/util.h"
 #include "../routes/request.h"
 #include "../store/store.h"
+#include "auth.h"
+#include "http.h"
 #include "loop_int.h"
 #include "server.h"
 
@@ -52,6 +54,7 @@ struct ws_client {
   char close_reason[124];
   /* attach to an exec that is no longer in memory: what the record says */
   json_t *record;
+  auth_who who;
 };
 
 ws_client *ws_client_next(const ws_client *c) { return c->next; }
@@ -106,6 +109,8 @@ static void close_with(ws_client *c, int code, const char *fmt, ...) {
   va_end(ap);
   ws_client_wake(c);
 }
+
+static bool ws_allowed(ws_client *c, sbx_scope need, json_t *sandbox);
 
 static void attach(ws_client *c, session *s, bool owner) {
   c->s = s;
@@ -375,6 +380,8 @@ static void start_exec(ws_client *c, json_t *msg) {
     close_with(c, 4404, "no sandbox '%.80s'", c->ref);
     return;
   }
+  if (!ws_allowed(c, SCOPE_EXEC, sb))
+    return;
   if (strcmp(json_string_value(json_object_get(sb, "state")), "running") != 0) {
     close_with(c, 4409, "sandbox '%.80s' is not running", c->ref);
     return;
@@ -438,6 +445,8 @@ static void on_control(ws_client *c, json_t *msg) {
     return;
   }
   session *s = c->s;
+  if (!ws_allowed(c, SCOPE_EXEC, NULL)) /* labels were checked at attach */
+    return;
   if (!strcmp(type, "stdin")) {
     json_t *d = json_object_get(msg, "data"), *b = json_object_get(msg, "data_b64");
     if (json_is_string(d) == json_is_string(b)) {
@@ -511,7 +520,7 @@ static void on_message(ws_client *c, bool is_binary) {
       close_with(c, 1008, "the first message must be {\"type\":\"start\",...}");
       return;
     }
-    if (session_running(c, "stdin"))
+    if (ws_allowed(c, SCOPE_EXEC, NULL) && session_running(c, "stdin"))
       session_send(c->s, SBX_F_STDIN, c->rx + 1, c->rx_len - 1);
     return;
   }
@@ -526,7 +535,68 @@ static void on_message(ws_client *c, bool is_binary) {
 
 /* ------------------------------------------------------------- connections */
 
+static void setup_route(ws_client *c);
+
+/* The key a WebSocket client offers: a subprotocol "sbx.token.<key>" (what a
+ * browser can send), else an Authorization: Bearer header.  The token
+ * subprotocol is never selected, so it is never echoed. */
+static bool offered_key(struct lws *wsi, char *key, size_t keysz) {
+  char protos[1024];
+  if (lws_hdr_copy(wsi, protos, sizeof protos, WSI_TOKEN_PROTOCOL) > 0) {
+    char *save = NULL;
+    for (char *t = strtok_r(protos, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+      if (!strncmp(t, "sbx.token.", 10)) {
+        snprintf(key, keysz, "%s", t + 10);
+        return true;
+      }
+  }
+  char auth[512];
+  if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0) {
+    const char *k = auth_bearer(auth);
+    if (k) {
+      snprintf(key, keysz, "%s", k);
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool peer_is_loopback(struct lws *wsi) {
+  char ip[64] = "";
+  lws_get_peer_simple(wsi, ip, sizeof ip);
+  return !strncmp(ip, "127.", 4) || !strcmp(ip, "::1") || !strncmp(ip, "::ffff:127.", 11);
+}
+
+/* Who is this, and may they reach this sandbox at `need`?  Closes the socket
+ * (4401/4403) and returns false if not. */
+static bool ws_allowed(ws_client *c, sbx_scope need, json_t *sandbox) {
+  sbx_err err;
+  if (auth_allow(&c->who, need, sandbox ? json_object_get(sandbox, "labels") : NULL, &err) < 0) {
+    close_with(c, 4403, "%.110s", err.msg);
+    return false;
+  }
+  return true;
+}
+
 static void setup(ws_client *c) {
+  char key[256];
+  sbx_err err;
+  if (!auth_enabled() && !peer_is_loopback(c->wsi)) {
+    close_with(c, 4403, "no API keys on this server: loopback clients only");
+    return;
+  }
+  if (auth_check(offered_key(c->wsi, key, sizeof key) ? key : NULL, &c->who, &err) < 0) {
+    close_with(c, 4401, "%.110s", err.msg);
+    return;
+  }
+  if (auth_rate(&c->who, &err) < 0) {
+    close_with(c, 4429, "%.110s", err.msg);
+    return;
+  }
+  setup_route(c);
+}
+
+static void setup_route(ws_client *c) {
   char uri[512];
   if (lws_hdr_copy(c->wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0) {
     close_with(c, 1008, "no request path");
@@ -562,15 +632,31 @@ static void setup(ws_client *c) {
   }
   c->sent[0] = off[0];
   c->sent[1] = off[1];
-  session *s = session_by_exec(c->l, ref);
-  if (s) {
-    attach(c, s, false);
-    return;
-  }
   store *st = store_thread();
   sbx_err err;
   if (!st || store_exec_get(st, ref, &c->record, &err) < 0) {
     close_with(c, 4404, "no exec '%.80s'", ref);
+    return;
+  }
+  if (c->who.labels) {
+    json_t *sb = NULL;
+    bool ok = store_sandbox_get(st, json_string_value(json_object_get(c->record, "sandbox_id")),
+                                &sb, NULL) == 0 &&
+              ws_allowed(c, SCOPE_READ, sb);
+    json_decref(sb);
+    if (!ok) {
+      if (!c->close_code)
+        close_with(c, 4403, "this key does not reach that exec");
+      return;
+    }
+  } else if (!ws_allowed(c, SCOPE_READ, NULL)) {
+    return;
+  }
+  session *s = session_by_exec(c->l, ref);
+  if (s) {
+    json_decref(c->record); /* live: the session has everything */
+    c->record = NULL;
+    attach(c, s, false);
     return;
   }
   if (!strcmp(json_string_value(json_object_get(c->record, "state")), "running")) {
@@ -598,24 +684,19 @@ static void client_free(ws_client *c) {
     free(m);
   }
   json_decref(c->record);
+  auth_who_clear(&c->who);
   free(c->rx);
   free(c);
 }
 
-/* Browsers send Origin; others do not.  Allowed: no Origin, an Origin whose
- * host:port is the Host the client connected to, or one in --allow-origin. */
+/* Browsers send Origin; others do not.  The same rule as REST (http.c). */
 static bool origin_allowed(struct lws *wsi) {
   char origin[256], host[256];
   if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0)
     return true;
-  for (int i = 0; i < g_server->cfg.n_allow_origin; i++)
-    if (!strcmp(g_server->cfg.allow_origin[i], "*") ||
-        !strcasecmp(g_server->cfg.allow_origin[i], origin))
-      return true;
   if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0)
-    return false;
-  const char *o = strstr(origin, "://");
-  return o && !strcasecmp(o + 3, host);
+    host[0] = '\0';
+  return http_origin_allowed(origin, host[0] ? host : NULL);
 }
 
 /* X-Request-Id for replies on the WebSocket side: the client's if it is
@@ -632,7 +713,7 @@ static void request_id(struct lws *wsi, char *out, size_t outsz) {
     sbx_new_id("req_", out, outsz);
 }
 
-static int add_request_id(struct lws *wsi, uint8_t **p, uint8_t *end) {
+static int add_request_id(struct lws *wsi, uint8_t **p, uint8_t *end) { /* for the 101 */
   char id[80];
   request_id(wsi, id, sizeof id);
   return lws_add_http_header_by_name(wsi, (const uint8_t *)"x-request-id:", (const uint8_t *)id,
@@ -642,16 +723,20 @@ static int add_request_id(struct lws *wsi, uint8_t **p, uint8_t *end) {
 /* Answer an HTTP request on the WebSocket side with the SPEC's error shape;
  * returns what the callback should return (the connection then closes). */
 static int http_error(struct lws *wsi, unsigned status, const char *kind, const char *message) {
+  /* written by hand: lws would say HTTP/1.0 for a refused upgrade */
+  char id[80];
+  request_id(wsi, id, sizeof id);
   char body[512];
   int n = snprintf(body, sizeof body, "{\"error\":{\"kind\":\"%s\",\"message\":\"%s\"}}", kind,
                    message);
-  uint8_t buf[LWS_PRE + 1024], *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf;
-  if (lws_add_http_common_headers(wsi, status, "application/json", (lws_filepos_t)n, &p, end) ||
-      add_request_id(wsi, &p, end) || lws_finalize_write_http_header(wsi, start, &p, end))
-    return -1;
-  memcpy(buf + LWS_PRE, body, (size_t)n);
-  lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_FINAL);
-  return lws_http_transaction_completed(wsi) ? -1 : 0;
+  uint8_t buf[LWS_PRE + 1024];
+  char *p = (char *)buf + LWS_PRE;
+  int len = snprintf(p, sizeof buf - LWS_PRE,
+                     "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "X-Request-Id: %s\r\nConnection: close\r\n\r\n%s",
+                     status, status == 403 ? "Forbidden" : "Bad Request", n, id, body);
+  lws_write(wsi, (uint8_t *)p, (size_t)len, LWS_WRITE_HTTP_HEADERS);
+  return -1;
 }
 
 static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,

@@ -512,8 +512,9 @@ class TestWs(WsBase):
             async with self.connect(origin=origin) as ws:
                 await ws.send(json.dumps({"type": "start", "cmd": "true"}))
                 return await collect(ws)
-        with self.assertRaises((websockets.InvalidHandshake, OSError)):
+        with self.assertRaises(websockets.InvalidStatusCode) as cm:
             arun(go("http://good.example"))
+        self.assertEqual(cm.exception.status_code, 403)
         ev, code, _ = arun(go("http://127.0.0.1:%d" % self.srv.port))
         self.check_events(ev, code)
 
@@ -653,7 +654,7 @@ class TestWs(WsBase):
         prog = ("import os, time\n"
                 "for i in range(24):\n"
                 "    os.write(1 if i % 2 else 2, b'w%d;' % i)\n"
-                "    time.sleep(0.02)\n")
+                "    time.sleep(0.04)\n")
         ev, code, _ = self.run_ws({"cmd": "python3", "args": ["-c", prog]})
         self.check_events(ev, code)
         order = "".join(e["data"] for e in sorted(
@@ -907,8 +908,9 @@ class TestWsFlags(WsBase):
         for origin in ("http://evil.example", "http://good.example.evil.example",
                        "https://good.example", "http://127.0.0.1:1"):
             with self.subTest(origin=origin):
-                with self.assertRaises((websockets.InvalidHandshake, OSError)):
+                with self.assertRaises(websockets.InvalidStatusCode) as cm:
                     self._echo_with_origin(origin)
+                self.assertEqual(cm.exception.status_code, 403)  # SPEC: forbidden
 
     def test_idle_socket_pinged_and_kept(self):
         # a client that answers pings survives 3 s of silence with a 1 s ping interval

@@ -121,6 +121,21 @@ START_TEST(test_transport_error) {
 }
 END_TEST
 
+START_TEST(test_route_not_found) {
+  /* a base URL with a path prefix the server does not serve: 404 not_found */
+  char u[200];
+  snprintf(u, sizeof u, "%s/not-here", url);
+  sbx_error e;
+  sbx_client *c = sbx_client_new(u, NULL, &e);
+  ck_assert_ptr_nonnull(c);
+  ck_assert_int_eq(sbx_health(c, &e), -1);
+  ck_assert_int_eq(e.kind, SBX_ERR_NOT_FOUND);
+  ck_assert_str_eq(e.kind_name, "not_found");
+  ck_assert_int_eq(e.http_status, 404);
+  sbx_client_free(c);
+}
+END_TEST
+
 START_TEST(test_health_and_timeout) {
   sbx_client *c = cl();
   sbx_error e;
@@ -472,8 +487,8 @@ START_TEST(test_payload_too_large) {
   sbx_exec_opts op = {.stdin_data = big, .stdin_len = n};
   sbx_output *o = NULL;
   ck_assert_int_eq(sbx_exec(c, sbx_sandbox_id(s), "true", NULL, &op, &o, &e), -1);
-  ck_assert_msg(e.kind == SBX_ERR_PAYLOAD_TOO_LARGE || e.kind == SBX_ERR_INVALID_REQUEST,
-                "kind %s: %s", e.kind_name, e.message);
+  ck_assert_msg(e.kind == SBX_ERR_PAYLOAD_TOO_LARGE, "kind %s: %s", e.kind_name, e.message);
+  ck_assert_int_eq(e.http_status, 413);
   free(big);
   rm(c, s);
   sbx_client_free(c);
@@ -1011,6 +1026,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_kind_names);
   tcase_add_test(tc, test_client_bad_url);
   tcase_add_test(tc, test_transport_error);
+  tcase_add_test(tc, test_route_not_found);
   tcase_add_test(tc, test_health_and_timeout);
   tcase_add_test(tc, test_sandbox_all_fields);
   tcase_add_test(tc, test_sandbox_invalid);
