@@ -41,7 +41,7 @@
 #define AGENT_NAME "sbx-agent 0.1"
 #define AGENT_MAX_CONNS 64
 #define AGENT_MAX_SESSIONS 1024
-#define AGENT_STDIN_MAX ((size_t)SBX_PROTO_MAX_PAYLOAD * 2) /* 1 MiB + a frame */
+#define AGENT_STDIN_MAX ((size_t)SBX_PROTO_MAX_PAYLOAD * 4) /* the gateway paces at 256 KiB in flight; room for messages already on their way */
 #define AGENT_OUTQ_PAUSE (8u << 20) /* stop reading a connection that does not drain */
 #define AGENT_CREDIT_MAX (1ull << 40)
 #define AGENT_GRACE_DEFAULT 200
@@ -112,6 +112,7 @@ struct agent_session {
   bool in_pipe;      /* STDIN frames accepted */
   bool in_closing;   /* close once the buffer is written */
   bool in_failed;    /* STDIN_ERROR sent; drop the rest */
+  uint64_t in_unacked; /* stdin bytes written to the program, not yet in a STDIN_ACK */
   /* spawn report */
   int report_fd;
   agent_spawn_report report;
@@ -267,6 +268,13 @@ static void session_stdin_error(agent_session *s, int e) {
   session_close_stdin(s);
 }
 
+/* Stdin that cannot be taken is a (non-terminal) STDIN_ERROR for the client. */
+static void stdin_refused(agent_conn *c, agent_session *s, const char *why) {
+  agent_fail f;
+  agent_fail_setk(&f, "other", "stdin", 0, "", "stdin refused: %s", why);
+  conn_send_json(c, s->id, SBX_F_STDIN_ERROR, fail_json(&f));
+}
+
 /* Write as much buffered stdin as the pipe takes now. */
 static void session_write_stdin(agent_session *s) {
   if (s->state != SS_RUNNING)
@@ -283,9 +291,17 @@ static void session_write_stdin(agent_session *s) {
     }
     s->in_head += (size_t)n;
     s->in_len -= (size_t)n;
+    s->in_unacked += (uint64_t)n;
   }
   if (s->in_len == 0)
     s->in_head = 0;
+  /* tell the gateway what the program took, so it can send more */
+  if (s->owner && s->in_unacked && (s->in_len == 0 || s->in_unacked >= 64 * 1024)) {
+    uint8_t ack[4] = {(uint8_t)(s->in_unacked >> 24), (uint8_t)(s->in_unacked >> 16),
+                      (uint8_t)(s->in_unacked >> 8), (uint8_t)s->in_unacked};
+    conn_send(s->owner, s->id, SBX_F_STDIN_ACK, ack, sizeof ack);
+    s->in_unacked = 0;
+  }
   if (s->in_fd >= 0 && s->in_len == 0 && s->in_closing)
     session_close_stdin(s);
 }
@@ -856,9 +872,9 @@ static void handle_session_frame(agent *a, agent_conn *c, const sbx_frame_hdr *h
     else if (s->in_failed)
       ; /* STDIN_ERROR already told the gateway; drop quietly */
     else if (!s->in_pipe || s->in_fd < 0 || s->in_closing)
-      send_error(c, s->id, "stdin refused: the program's stdin is closed");
+      stdin_refused(c, s, "the program's stdin is closed");
     else if (session_stdin_append(s, p, h->len) < 0)
-      send_error(c, s->id, "stdin refused: the stdin buffer is full (the program is not reading)");
+      stdin_refused(c, s, "the stdin buffer is full (the program is not reading)");
     else if (s->state == SS_RUNNING)
       session_write_stdin(s);
     break;

@@ -39,6 +39,7 @@ const char *sbx_proto_type_name(uint8_t type) {
   case SBX_F_FAILED: return "FAILED";
   case SBX_F_STDIN_ERROR: return "STDIN_ERROR";
   case SBX_F_ERROR: return "ERROR";
+  case SBX_F_STDIN_ACK: return "STDIN_ACK";
   }
   return "?";
 }

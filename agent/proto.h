@@ -74,6 +74,9 @@ typedef enum sbx_frame_type {
   SBX_F_FAILED = 20,      /* the program never started: {"kind","errno","errno_name",
                              "path","stage","message"} (SPEC's failure object) */
   SBX_F_STDIN_ERROR = 21, /* a stdin write failed (not terminal): failure object */
+  SBX_F_STDIN_ACK = 23,   /* 4 bytes: u32 stdin bytes written to the program since the last
+                             ACK (big-endian).  The gateway keeps what it sent minus what was
+                             acknowledged under the agent's stdin buffer, pacing its clients */
   SBX_F_ERROR = 22,       /* a request about this session was refused:
                              {"message": "..."}; session 0: a protocol complaint */
 } sbx_frame_type;

@@ -448,6 +448,10 @@ static void run_exec_job(loop *l, loop_job *job) {
     rc = session_send(s, SBX_F_SIGNAL, p, (size_t)snprintf(p, sizeof p, "{\"signal\":%d}", job->signal));
     break;
   case LOOP_JOB_STDIN:
+    if (s->stdin_inflight + job->len > STDIN_AGENT_MAX) {
+      job_fail(job, SBX_E_CAPACITY, "the program is not reading its stdin fast enough; retry");
+      return;
+    }
     if (job->len)
       rc = session_send(s, SBX_F_STDIN, job->data, job->len);
     if (rc == 0 && job->eof)

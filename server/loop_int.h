@@ -68,6 +68,7 @@ struct session {
   bool kill_on_owner_close;
   ws_client *clients;  /* every attached WebSocket, owner included */
   uint64_t owed[2];    /* credit withheld while the owner lags */
+  uint64_t stdin_inflight; /* stdin bytes sent to the agent, not yet acknowledged */
   loop_job *waiters;   /* LOOP_JOB_WAIT jobs */
   json_t *pending_spec; /* EXEC payload waiting for the agent's hello */
   struct pending_frame *pending; /* frames for the session sent before its EXEC went out */
@@ -88,6 +89,11 @@ void session_lost(session *s);
 int session_send(session *s, uint8_t type, const void *p, size_t n);
 /* The EXEC went out: send what session_send held back, in order. */
 void session_send_pending(session *s);
+/* Stdin pacing: the agent buffers up to 4 MiB; clients stop being read above
+ * STDIN_HIGH in flight and are read again below STDIN_LOW. */
+#define STDIN_HIGH (256u * 1024)
+#define STDIN_LOW (64u * 1024)
+#define STDIN_AGENT_MAX (4u << 20)
 /* Give withheld credit back when the owner has caught up. */
 void session_credit_check(session *s);
 /* Free everything (loop shutdown). */
@@ -96,6 +102,7 @@ void session_free(session *s);
 /* ---- WebSocket clients (ws.c) ---- */
 void ws_client_wake(ws_client *c);                /* more to send: ask for writable */
 ws_client *ws_client_next(const ws_client *c);    /* next client of the same session */
+void ws_client_rx_resume(ws_client *c);           /* stdin drained: read the client again */
 void ws_client_stdin_error(ws_client *c, json_t *failure); /* queue a stdin_error event */
 void ws_client_detach(ws_client *c);              /* the session is going away */
 /* Bytes the client has not been sent yet, over both streams. */

@@ -195,6 +195,8 @@ void session_free(session *s) {
 int session_send(session *s, uint8_t type, const void *p, size_t n) {
   if (!s->lk || s->lk->closing)
     return -1;
+  if (type == SBX_F_STDIN)
+    s->stdin_inflight += n;
   if (s->pending_spec) { /* the agent has not heard of the session yet */
     pending_frame *f = malloc(sizeof *f + n), **pp = &s->pending;
     if (!f)
@@ -370,7 +372,22 @@ int session_frame(session *s, const sbx_frame_hdr *h, const uint8_t *payload) {
     session_send(s, SBX_F_RELEASE, NULL, 0);
     session_end(s, NULL);
     return 0;
+  case SBX_F_STDIN_ACK:
+    if (h->len != 4)
+      return -1;
+    {
+      uint64_t n = (uint64_t)payload[0] << 24 | (uint64_t)payload[1] << 16 |
+                   (uint64_t)payload[2] << 8 | payload[3];
+      s->stdin_inflight = n > s->stdin_inflight ? 0 : s->stdin_inflight - n;
+      if (s->stdin_inflight < STDIN_LOW)
+        for (ws_client *c = s->clients; c; c = ws_client_next(c))
+          ws_client_rx_resume(c);
+    }
+    return 0;
   case SBX_F_STDIN_ERROR: {
+    s->stdin_inflight = 0; /* the agent dropped its buffer */
+    for (ws_client *c = s->clients; c; c = ws_client_next(c))
+      ws_client_rx_resume(c);
     json_t *f = parse_obj(payload);
     for (ws_client *c = s->clients; c; c = ws_client_next(c))
       ws_client_stdin_error(c, f);

@@ -55,9 +55,25 @@ struct ws_client {
   /* attach to an exec that is no longer in memory: what the record says */
   json_t *record;
   auth_who who;
+  bool rx_paused; /* not read while the program's stdin is full */
 };
 
 ws_client *ws_client_next(const ws_client *c) { return c->next; }
+
+void ws_client_rx_resume(ws_client *c) {
+  if (c->rx_paused && c->wsi) {
+    c->rx_paused = false;
+    lws_rx_flow_control(c->wsi, 1);
+  }
+}
+
+/* After sending stdin: stop reading this client while too much is in flight. */
+static void stdin_pace(ws_client *c) {
+  if (c->s && c->s->stdin_inflight >= STDIN_HIGH && !c->rx_paused) {
+    c->rx_paused = true;
+    lws_rx_flow_control(c->wsi, 0);
+  }
+}
 
 void ws_client_wake(ws_client *c) {
   if (c->wsi)
@@ -462,8 +478,10 @@ static void on_control(ws_client *c, json_t *msg) {
     }
     if (d) /* the text may hold NUL (\u0000): copy by length */
       memcpy(bytes, json_string_value(d), n);
-    if (session_running(c, "stdin"))
+    if (session_running(c, "stdin")) {
       session_send(s, SBX_F_STDIN, bytes, n);
+      stdin_pace(c);
+    }
     free(bytes);
   } else if (!strcmp(type, "stdin_close")) {
     if (session_running(c, "stdin"))
@@ -520,8 +538,10 @@ static void on_message(ws_client *c, bool is_binary) {
       close_with(c, 1008, "the first message must be {\"type\":\"start\",...}");
       return;
     }
-    if (ws_allowed(c, SCOPE_EXEC, NULL) && session_running(c, "stdin"))
+    if (ws_allowed(c, SCOPE_EXEC, NULL) && session_running(c, "stdin")) {
       session_send(c->s, SBX_F_STDIN, c->rx + 1, c->rx_len - 1);
+      stdin_pace(c);
+    }
     return;
   }
   json_error_t je;
