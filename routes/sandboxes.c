@@ -160,6 +160,12 @@ enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
         return http_reply_error(r, &err, NULL);
     }
   }
+  int64_t count = 0;
+  if (store_sandbox_count(st, &count, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  if (count >= g_server->cfg.max_sandboxes)
+    return http_reply_fail(r, SBX_E_CAPACITY, "this server holds its maximum of %d sandboxes "
+                                              "(--max-sandboxes)", g_server->cfg.max_sandboxes);
   cleanup_unlock pthread_mutex_t *m = lock_sandbox(id);
   sbx_sandbox_spec spec;
   server_sandbox_spec(sb, &spec);

@@ -366,11 +366,22 @@ static void wait_on(alink *lk, loop_job *job) {
 
 /* ----------------------------------------------------------------- jobs */
 
+bool link_full(const alink *lk) {
+  int n = 0;
+  for (const session *s = lk->sessions; s; s = s->next_link)
+    n += s->live;
+  return n >= g_server->cfg.max_execs;
+}
+
 static void start_job_exec(loop *l, loop_job *job) {
   sbx_err err;
   alink *lk = link_get(l, job->sandbox, &err);
   if (!lk) {
     job_finish(job, -1, &err);
+    return;
+  }
+  if (link_full(lk)) {
+    job_fail(job, SBX_E_CAPACITY, "this sandbox runs its maximum of execs (--max-execs)");
     return;
   }
   json_t *spec = json_deep_copy(job->agent_spec);

@@ -139,6 +139,8 @@ struct loop {
 };
 
 void link_flush(alink *lk);
+/* Does the sandbox run --max-execs execs already? */
+bool link_full(const alink *lk);
 /* Open (or find) the agent link for a sandbox object; NULL with *err. */
 alink *link_get(loop *l, json_t *sandbox, sbx_err *err);
 /* Send a session's EXEC (steals spec): now if the link is ready, else

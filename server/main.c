@@ -36,6 +36,8 @@ static void usage(FILE *f) {
           "  --rate N             requests per second per API key, burst 2N (default 50; 0 = off)\n"
           "  --max-sandboxes N    sandboxes per server (default 1000)\n"
           "  --max-execs N        running execs per sandbox (default 1024)\n"
+          "  --max-conns N        REST connections at once (default 4096)\n"
+          "  --max-conns-per-ip N REST connections at once per client address (default 512)\n"
           "  --insecure           serve a non-loopback address without API keys\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
           "\n"
@@ -77,7 +79,8 @@ static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
 
 static int parse_args(int argc, char **argv, sbx_config *c) {
   enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP,
-         O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN, O_RATE, O_MAXSB, O_MAXEX, O_INSECURE };
+         O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN, O_RATE, O_MAXSB, O_MAXEX, O_INSECURE,
+         O_MAXCONN, O_MAXCONNIP };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
       {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
@@ -88,6 +91,8 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       {"ws-ping-s", required_argument, 0, O_PING}, {"allow-origin", required_argument, 0, O_ORIGIN},
       {"rate", required_argument, 0, O_RATE}, {"max-sandboxes", required_argument, 0, O_MAXSB},
       {"max-execs", required_argument, 0, O_MAXEX}, {"insecure", no_argument, 0, O_INSECURE},
+      {"max-conns", required_argument, 0, O_MAXCONN},
+      {"max-conns-per-ip", required_argument, 0, O_MAXCONNIP},
       {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
   const char *data = "./var", *images = NULL, *agent = NULL;
   snprintf(c->host, sizeof c->host, "127.0.0.1");
@@ -101,6 +106,8 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   c->rate_per_s = 50;
   c->max_sandboxes = 1000;
   c->max_execs = 1024;
+  c->max_conns = 4096;
+  c->max_conns_per_ip = 512;
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -155,11 +162,14 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
         return fprintf(stderr, "sbxd: --rate wants requests per second >= 0\n"), -1;
       break;
     case O_MAXSB:
-    case O_MAXEX: {
+    case O_MAXEX:
+    case O_MAXCONN:
+    case O_MAXCONNIP: {
       long v = strtol(optarg, &end, 10);
       if (*end || v < 1 || v > 1000000)
-        return fprintf(stderr, "sbxd: --max-sandboxes/--max-execs want 1..1000000\n"), -1;
-      *(o == O_MAXSB ? &c->max_sandboxes : &c->max_execs) = (int)v;
+        return fprintf(stderr, "sbxd: --max-* options want 1..1000000\n"), -1;
+      *(o == O_MAXSB ? &c->max_sandboxes : o == O_MAXEX ? &c->max_execs
+                                          : o == O_MAXCONN ? &c->max_conns : &c->max_conns_per_ip) = (int)v;
       break;
     }
     case O_INSECURE: c->insecure = true; break;
@@ -266,7 +276,9 @@ int main(int argc, char **argv) {
           MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC,
       0, NULL, NULL, http_access, NULL, MHD_OPTION_THREAD_POOL_SIZE,
       (unsigned)server.cfg.http_threads, MHD_OPTION_NOTIFY_COMPLETED, http_completed, NULL,
-      MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
+      MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned)server.cfg.max_conns,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)server.cfg.max_conns_per_ip,
       MHD_OPTION_END);
   if (!server.mhd) {
     log_error("cannot start libmicrohttpd");

@@ -36,6 +36,7 @@ typedef struct sbx_config {
   bool insecure;      /* allow a non-loopback listen address without keys */
   int max_sandboxes;  /* sandboxes per server (503 capacity beyond) */
   int max_execs;      /* running execs per sandbox (503 capacity beyond) */
+  int max_conns, max_conns_per_ip; /* REST connections (libmicrohttpd closes the excess) */
 } sbx_config;
 
 struct loop;

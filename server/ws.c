@@ -431,6 +431,14 @@ static void start_exec(ws_client *c, json_t *msg) {
     return;
   }
   alink *lk = link_get(c->l, sb, &err);
+  if (lk && link_full(lk)) {
+    json_decref(spec);
+    json_t *f = json_pack("{s:s,s:s}", "state", "failed", "ended_at", now);
+    store_exec_update(st, exec_id, f, NULL);
+    json_decref(f);
+    close_with(c, 1013, "this sandbox runs its maximum of execs; try again later");
+    return;
+  }
   session *s = lk ? session_new(c->l, lk, lk->next_session++, exec_id, sandbox_id) : NULL;
   if (!s) {
     json_decref(spec);

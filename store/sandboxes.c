@@ -218,3 +218,15 @@ int store_sandbox_delete(store *s, const char *id, sbx_err *err) {
     return sbx_fail(err, SBX_E_SANDBOX_NOT_FOUND, 0, "no sandbox \"%s\"", id);
   return store_tx_commit(&tx, err);
 }
+
+int store_sandbox_count(store *s, int64_t *n, sbx_err *err) {
+  static const char sql[] = "SELECT count(*) FROM sandboxes";
+  cleanup_stmt_reset sqlite3_stmt *st = NULL;
+  if (store_prepare(s, sql, &st, err) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW)
+    return store_sql_fail(s, rc, err, "count sandboxes");
+  *n = sqlite3_column_int64(st, 0);
+  return 0;
+}

@@ -53,6 +53,8 @@ int store_sandbox_list(store *s, const char *state, json_t *labels, int limit, c
  * "stopped"/"failed" set stopped_at=now.  error may be NULL. */
 int store_sandbox_set_state(store *s, const char *id, const char *state, const char *error,
                             sbx_err *err);
+/* How many sandboxes there are (any state). */
+int store_sandbox_count(store *s, int64_t *n, sbx_err *err);
 /* Remove a sandbox and its exec records. Unknown: SBX_E_SANDBOX_NOT_FOUND. */
 int store_sandbox_delete(store *s, const char *id, sbx_err *err);
 
