@@ -1,4 +1,4 @@
-/* The libsbx example of the README (client/README-client.md): built and run by test_libsbx. */
+/* The libsbx example of the README (README.md): built and run by test_libsbx. */
 #include <stdio.h>
 #include "client/sbx.h"
 
