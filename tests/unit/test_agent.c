@@ -126,6 +126,7 @@ typedef struct sres {
   uint8_t *out, *err;
   size_t out_len, err_len;
   int n_errors, n_stdin_errors;
+  uint64_t stdin_acked; /* STDIN_ACK totals: what the program took */
   json_t *stdin_error;
   bool auto_credit; /* grant back every byte received, like the gateway */
   int64_t done_ms;
@@ -221,6 +222,10 @@ static void cl_handle(client *c, const sbx_frame_hdr *h, const uint8_t *p) {
     break;
   case SBX_F_ERROR:
     r->n_errors++;
+    break;
+  case SBX_F_STDIN_ACK:
+    ck_assert_uint_eq(h->len, 4);
+    r->stdin_acked += (uint64_t)p[0] << 24 | (uint64_t)p[1] << 16 | (uint64_t)p[2] << 8 | p[3];
     break;
   default:
     ck_abort_msg("unexpected frame %s", sbx_proto_type_name(h->type));
@@ -504,7 +509,8 @@ START_TEST(test_stdin_b64_and_pipe) {
   ck_assert(cl_wait(c, 3, 5000));
   assert_exited(&c->s[3], 0);
   ck_assert_str_eq((char *)c->s[3].out, "abcdef\n");
-  /* STDIN after STDIN_CLOSE, or to a session without stdin_pipe, is refused */
+  ck_assert_uint_eq(c->s[3].stdin_acked, 7); /* every byte the program took is acknowledged */
+  /* STDIN after STDIN_CLOSE, or to a session without stdin_pipe, is a stdin error */
   cl_exec(c, 4, json_pack("{s:s,s:[s],s:b}", "cmd", "sleep", "args", "0.3", "stdin_pipe", 1));
   cl_send(c, 4, SBX_F_STDIN_CLOSE, NULL, 0);
   cl_send(c, 4, SBX_F_STDIN, "late", 4);
@@ -512,8 +518,8 @@ START_TEST(test_stdin_b64_and_pipe) {
   cl_send(c, 5, SBX_F_STDIN, "nope", 4);
   ck_assert(cl_wait(c, 4, 5000));
   ck_assert(cl_wait(c, 5, 5000));
-  ck_assert_int_eq(c->s[4].n_errors, 1);
-  ck_assert_int_eq(c->s[5].n_errors, 1);
+  ck_assert_int_eq(c->s[4].n_stdin_errors, 1);
+  ck_assert_int_eq(c->s[5].n_stdin_errors, 1);
   cl_close(c);
 }
 END_TEST
@@ -539,15 +545,16 @@ START_TEST(test_stdin_never_read) {
   ck_assert_int_eq(c->s[1].n_stdin_errors, 1);
   ck_assert_str_eq(jstr(c->s[1].stdin_error, "errno_name"), "EPIPE");
   ck_assert_str_eq(jstr(c->s[1].stdin_error, "kind"), "other");
-  /* overfilling the buffer is refused with ERROR */
+  /* overfilling the buffer (4 MiB) is refused with STDIN_ERROR, not silently */
   cl_exec(c, 3, json_pack("{s:s,s:[s],s:b}", "cmd", "sleep", "args", "1", "stdin_pipe", 1));
   static uint8_t big[SBX_PROTO_MAX_PAYLOAD];
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 6; i++)
     cl_send(c, 3, SBX_F_STDIN, big, sizeof big);
   int64_t end = now_ms() + 3000;
-  while (c->s[3].n_errors == 0 && now_ms() < end && cl_pump(c, 50))
+  while (c->s[3].n_stdin_errors == 0 && now_ms() < end && cl_pump(c, 50))
     ;
-  ck_assert_int_ge(c->s[3].n_errors, 1);
+  ck_assert_int_ge(c->s[3].n_stdin_errors, 1);
+  ck_assert(strstr(jstr(c->s[3].stdin_error, "message"), "buffer is full") != NULL);
   cl_send_json(c, 3, SBX_F_SIGNAL, json_pack("{s:i}", "signal", 9));
   ck_assert(cl_wait(c, 3, 5000));
   cl_close(c);
