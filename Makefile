@@ -25,7 +25,7 @@ override LDFLAGS += $(SAN)
 CORE_SRC := $(wildcard common/*.c store/*.c vmm/*.c routes/*.c server/*.c) agent/proto.c
 CORE_SRC := $(filter-out %main.c,$(CORE_SRC))
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/openapi.o $(BUILD)/gen/web.o
-AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c
+AGENT_SRC := $(wildcard agent/*.c) common/util.c common/err.c common/b64.c
 # libsbx (the client library) is its own archive: client/*.c but the CLI's main
 CLIENT_SRC := $(filter-out client/sbx_main.c,$(wildcard client/*.c))
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)

@@ -15,6 +15,7 @@
  * released sessions are swept at the end of each loop turn. */
 #include "agent/agent.h"
 #include "agent/proto.h"
+#include "common/b64.h"
 #include "common/util.h"
 
 #include <dirent.h>
@@ -477,42 +478,6 @@ static void session_free(agent_session *s) {
 
 /* ---- EXEC ---- */
 
-static int b64_val(int c) {
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '+')
-    return 62;
-  if (c == '/')
-    return 63;
-  return -1;
-}
-
-/* Decode standard base64 (padding optional); returns the length or -1. */
-static ssize_t b64_decode(const char *in, size_t n, uint8_t *out) {
-  while (n > 0 && in[n - 1] == '=')
-    n--;
-  if (n % 4 == 1)
-    return -1;
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < n; i++) {
-    int v = b64_val((unsigned char)in[i]);
-    if (v < 0)
-      return -1;
-    acc = (acc << 6) | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (uint8_t)(acc >> bits);
-    }
-  }
-  return (ssize_t)o;
-}
 
 typedef struct exec_spec {
   char **argv;
@@ -722,8 +687,9 @@ static void handle_exec(agent *a, agent_conn *c, uint32_t id, json_t *o) {
   ssize_t stdin_n = 0;
   if (stdin_b64) {
     size_t l = strlen(stdin_b64);
-    stdin_bytes = malloc(l / 4 * 3 + 3);
-    stdin_n = stdin_bytes ? b64_decode(stdin_b64, l, stdin_bytes) : -1;
+    size_t dn = 0;
+    stdin_bytes = sbx_b64_decode(stdin_b64, l, &dn);
+    stdin_n = stdin_bytes ? (ssize_t)dn : -1;
     if (stdin_n < 0) {
       agent_fail_setk(&f, "bad_args", "request", 0, "", "bad EXEC request: %s",
                       stdin_bytes ? "\"stdin_b64\" is not valid base64" : "out of memory");

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../common/b64.h"
 #include "../common/buf.h"
 #include "../common/err.h"
 
@@ -103,10 +104,6 @@ void exec_render_free(exec_render *r);
 size_t exec_render_next(exec_render *r, char *buf, size_t max);
 
 /* ---- helpers also used elsewhere ---- */
-/* base64 (RFC 4648, with padding).  decode returns a malloc'd buffer or NULL
- * on invalid input. */
-char *sbx_b64_encode(const uint8_t *data, size_t n, size_t *out_len);
-uint8_t *sbx_b64_decode(const char *s, size_t n, size_t *out_len);
 /* Signal by name ("SIGTERM", "TERM", "sigterm") or number (1..64) as JSON
  * string or integer; returns the number or -1. */
 int sbx_signal_parse(json_t *v);

@@ -275,19 +275,29 @@ enum MHD_Result route_sandbox_list(http_req *r, json_t *body) {
   return http_reply_json(r, 200, reply);
 }
 
+/* {ref} looked up, locked, and looked up again under the lock (a concurrent
+ * lifecycle change may have happened in between).  NULL: the reply is queued. */
+static json_t *lookup_locked(http_req *r, store *st, pthread_mutex_t **m, enum MHD_Result *ret) {
+  cleanup_json json_t *sb0 = lookup(r, st, ret);
+  if (!sb0)
+    return NULL;
+  *m = lock_sandbox(sb_id(sb0));
+  return lookup(r, st, ret);
+}
+
+static bool in_state(json_t *sb, const char *state) {
+  return strcmp(json_string_value(json_object_get(sb, "state")), state) == 0;
+}
+
 enum MHD_Result route_sandbox_stop(http_req *r, json_t *body) {
   store *st = store_thread();
   enum MHD_Result ret;
-  cleanup_json json_t *sb0 = lookup(r, st, &ret);
-  if (!sb0)
-    return ret;
-  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
-  cleanup_json json_t *sb = lookup(r, st, &ret); /* again, under the lock */
+  cleanup_unlock pthread_mutex_t *m = NULL;
+  cleanup_json json_t *sb = lookup_locked(r, st, &m, &ret);
   if (!sb)
     return ret;
   sbx_err err;
-  const char *state = json_string_value(json_object_get(sb, "state"));
-  if (strcmp(state, "stopped") != 0 && sandbox_stop_locked(st, sb, &err) < 0)
+  if (!in_state(sb, "stopped") && sandbox_stop_locked(st, sb, &err) < 0)
     return http_reply_error(r, &err, NULL);
   return reply_sandbox(r, st, sb_id(sb), 200);
 }
@@ -295,16 +305,12 @@ enum MHD_Result route_sandbox_stop(http_req *r, json_t *body) {
 enum MHD_Result route_sandbox_start(http_req *r, json_t *body) {
   store *st = store_thread();
   enum MHD_Result ret;
-  cleanup_json json_t *sb0 = lookup(r, st, &ret);
-  if (!sb0)
-    return ret;
-  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
-  cleanup_json json_t *sb = lookup(r, st, &ret);
+  cleanup_unlock pthread_mutex_t *m = NULL;
+  cleanup_json json_t *sb = lookup_locked(r, st, &m, &ret);
   if (!sb)
     return ret;
   sbx_err err;
-  const char *state = json_string_value(json_object_get(sb, "state"));
-  if (strcmp(state, "running") != 0 && sandbox_start_locked(st, sb, &err) < 0)
+  if (!in_state(sb, "running") && sandbox_start_locked(st, sb, &err) < 0)
     return http_reply_error(r, &err, json_pack("{s:s}", "sandbox_id", sb_id(sb)));
   return reply_sandbox(r, st, sb_id(sb), 200);
 }
@@ -312,11 +318,8 @@ enum MHD_Result route_sandbox_start(http_req *r, json_t *body) {
 enum MHD_Result route_sandbox_delete(http_req *r, json_t *body) {
   store *st = store_thread();
   enum MHD_Result ret;
-  cleanup_json json_t *sb0 = lookup(r, st, &ret);
-  if (!sb0)
-    return ret;
-  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb0));
-  cleanup_json json_t *sb = lookup(r, st, &ret);
+  cleanup_unlock pthread_mutex_t *m = NULL;
+  cleanup_json json_t *sb = lookup_locked(r, st, &m, &ret);
   if (!sb)
     return ret;
   sbx_err err;

@@ -72,7 +72,9 @@ static void rewrite_cb(lws_sorted_usec_list_t *sul) {
     lws_callback_on_writable(lk->wsi);
 }
 
-static void link_flush_in_writable(alink *lk) {
+/* Write what is queued; when some is left, ask to be told when the fd takes
+ * more: directly, or from a timer when called inside the writable callback. */
+static void flush(alink *lk, bool in_writable) {
   if (lk->closing)
     return;
   sbx_err err;
@@ -81,22 +83,15 @@ static void link_flush_in_writable(alink *lk) {
     link_close(lk);
     return;
   }
-  if (agent_conn_want_write(lk->conn))
+  if (!agent_conn_want_write(lk->conn))
+    return;
+  if (in_writable)
     lws_sul_schedule(lk->l->ctx, 0, &lk->rewrite, rewrite_cb, 1);
-}
-
-void link_flush(alink *lk) {
-  if (lk->closing)
-    return;
-  sbx_err err;
-  if (agent_conn_flush(lk->conn, &err) < 0) {
-    log_warn("sandbox=%s %s", lk->sandbox_id, err.msg);
-    link_close(lk);
-    return;
-  }
-  if (agent_conn_want_write(lk->conn))
+  else
     lws_callback_on_writable(lk->wsi);
 }
+
+void link_flush(alink *lk) { flush(lk, false); }
 
 /* ------------------------------------------------------- exec record updates */
 
@@ -572,7 +567,7 @@ static int agent_cb(struct lws *wsi, enum lws_callback_reasons reason, void *use
   }
   case LWS_CALLBACK_RAW_WRITEABLE_FILE:
     if (lk)
-      link_flush_in_writable(lk);
+      flush(lk, true);
     return 0;
   case LWS_CALLBACK_RAW_CLOSE_FILE:
     if (lk) {

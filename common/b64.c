@@ -2,8 +2,10 @@
  *
  * The streaming renderer in render.c has its own chunk-aware encoder; these
  * two are the whole-buffer forms (stdin_b64 in requests, the agent's EXEC
- * payload). */
-#include "request.h"
+ * payload, WebSocket stdin); the agent links this file too. */
+#include "b64.h"
+
+#include <stdint.h>
 
 #include <stdlib.h>
 
