@@ -1324,6 +1324,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+  /* Code in the sandbox runs as the same uid as this agent: without this it
+   * could ptrace us and use our host-side descriptors (the listening socket,
+   * agent.log).  Children get a fresh dumpable flag at execve. */
+  prctl(PR_SET_DUMPABLE, 0);
   static const struct option opts[] = {
       {"listen-fd", required_argument, NULL, 'f'}, {"listen", required_argument, NULL, 'l'},
       {"passwd", required_argument, NULL, 'p'},    {"group", required_argument, NULL, 'g'},

@@ -455,7 +455,14 @@ static int install_seccomp(sbx_err *err) {
       SCMP_SYS(kexec_load),   SCMP_SYS(kexec_file_load),   SCMP_SYS(init_module),
       SCMP_SYS(finit_module), SCMP_SYS(delete_module),     SCMP_SYS(open_by_handle_at),
       SCMP_SYS(name_to_handle_at), SCMP_SYS(syslog),       SCMP_SYS(io_uring_setup),
-      SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register)};
+      SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register),
+      /* the mounts are made; nothing inside needs to change them (without this
+       * only the missing capability refuses, after the kernel parsed the call) */
+      SCMP_SYS(mount),        SCMP_SYS(umount2),           SCMP_SYS(pivot_root),
+      SCMP_SYS(open_tree),    SCMP_SYS(move_mount),        SCMP_SYS(fsopen),
+      SCMP_SYS(fsconfig),     SCMP_SYS(fsmount),           SCMP_SYS(fspick),
+      SCMP_SYS(mount_setattr), SCMP_SYS(swapon),           SCMP_SYS(swapoff),
+      SCMP_SYS(reboot),       SCMP_SYS(acct),              SCMP_SYS(quotactl)};
   int r = 0;
   for (size_t i = 0; i < SBX_ARRAY_LEN(denied) && r == 0; i++)
     r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), denied[i], 0);

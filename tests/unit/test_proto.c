@@ -48,7 +48,8 @@ START_TEST(test_type_names) {
   ck_assert_str_eq(sbx_proto_type_name(0), "?");
   ck_assert_str_eq(sbx_proto_type_name(10), "?");
   ck_assert_str_eq(sbx_proto_type_name(15), "?");
-  ck_assert_str_eq(sbx_proto_type_name(23), "?");
+  ck_assert_str_eq(sbx_proto_type_name(SBX_F_STDIN_ACK), "STDIN_ACK");
+  ck_assert_str_eq(sbx_proto_type_name(24), "?");
   ck_assert_str_eq(sbx_proto_type_name(255), "?");
   /* every named type decodes, every unnamed one is refused */
   for (int t = 0; t < 256; t++) {
