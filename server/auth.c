@@ -2,6 +2,7 @@
 
 #include <getopt.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -131,8 +132,22 @@ int auth_rate(const auth_who *who, sbx_err *err) {
     h = (h ^ (uint8_t)*p) * 16777619u;
   pthread_mutex_lock(&rate_mu);
   int64_t now = sbx_mono_ms();
-  size_t i = h % RATE_SLOTS;
-  if (strcmp(buckets[i].id, who->key_id) != 0) {
+  /* a key's bucket is in one of 8 slots from its hash; a new key takes a
+   * free one, or the one idle longest (two keys never share a bucket) */
+  size_t pick = SIZE_MAX;
+  bool found = false;
+  for (size_t k = 0; k < 8 && !found; k++) {
+    size_t j = (h + k) % RATE_SLOTS;
+    if (!strcmp(buckets[j].id, who->key_id)) {
+      pick = j;
+      found = true;
+    } else if (pick == SIZE_MAX || (buckets[pick].id[0] && (!buckets[j].id[0] ||
+                                                           buckets[j].at_ms < buckets[pick].at_ms))) {
+      pick = j; /* so far the best to take: free, or idle longest */
+    }
+  }
+  size_t i = pick;
+  if (!found) {
     snprintf(buckets[i].id, sizeof buckets[i].id, "%s", who->key_id);
     buckets[i].tokens = 2 * rate;
     buckets[i].at_ms = now;

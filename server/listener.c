@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,7 +19,7 @@
 
 #define MAX_PENDING 1024
 #define HANDSHAKE_MS 10000
-#define PEEK_MAX 2048
+#define PEEK_MAX 16384 /* whole request heads up to this are awaited here */
 
 typedef struct pending {
   int fd;
@@ -38,19 +39,23 @@ struct listener {
 
 int listener_port(const listener *l) { return l->port; }
 
-/* Decide where a connection goes.  1: WebSocket side, 0: REST, -1: not yet
- * a whole request line, -2: hopeless (closed or garbage). */
+/* Decide where a connection goes.  1: WebSocket side, 0: REST, -1: the
+ * request head is not complete yet, -2: hopeless (closed or garbage).  The
+ * whole head must arrive within the handshake timeout, so a client that
+ * trickles header bytes cannot hold a connection (slowloris). */
 static int classify(int fd) {
-  char buf[PEEK_MAX + 1];
+  static char buf[PEEK_MAX + 1]; /* only the listener thread calls this */
   ssize_t n = recv(fd, buf, PEEK_MAX, MSG_PEEK | MSG_DONTWAIT);
   if (n == 0)
     return -2;
   if (n < 0)
     return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
   buf[n] = '\0';
+  if (!strstr(buf, "\r\n\r\n") && !strstr(buf, "\n\n") && n < PEEK_MAX)
+    return -1;
   char *eol = memchr(buf, '\n', (size_t)n);
   if (!eol)
-    return n == PEEK_MAX ? 0 : -1; /* an overlong line: let MHD answer it */
+    return 0; /* an overlong request line: let MHD answer it */
   *eol = '\0';
   char *sp = strchr(buf, ' ');
   if (!sp)
@@ -58,6 +63,94 @@ static int classify(int fd) {
   char *path = sp + 1;
   size_t plen = strcspn(path, " ?\r");
   return plen >= 3 && memcmp(path + plen - 3, "/ws", 3) == 0 ? 1 : 0;
+}
+
+/* ---- REST connections per client address (admission control) ---- */
+
+#define ADDR_SLOTS 4096
+static struct {
+  char addr[INET6_ADDRSTRLEN];
+  int n;
+} per_addr[ADDR_SLOTS];
+static int total_conns;
+static pthread_mutex_t conns_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void addr_key(const struct sockaddr *sa, char *out, size_t outsz) {
+  out[0] = '\0';
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outsz);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outsz);
+}
+
+/* The slot of an address (linear probing; a slot whose count fell to 0 is free). */
+static size_t addr_slot(const char *a) {
+  uint32_t h = 2166136261u;
+  for (const char *p = a; *p; p++)
+    h = (h ^ (uint8_t)*p) * 16777619u;
+  size_t free_slot = SIZE_MAX;
+  for (size_t k = 0; k < ADDR_SLOTS; k++) {
+    size_t i = (h + k) % ADDR_SLOTS;
+    if (!strcmp(per_addr[i].addr, a))
+      return i;
+    if (per_addr[i].n == 0 && free_slot == SIZE_MAX)
+      free_slot = i;
+    if (!per_addr[i].addr[0])
+      break;
+  }
+  return free_slot;
+}
+
+/* Count a new REST connection; false if it is over a cap. */
+static bool conn_admit(const struct sockaddr *sa) {
+  char a[INET6_ADDRSTRLEN];
+  addr_key(sa, a, sizeof a);
+  pthread_mutex_lock(&conns_mu);
+  size_t i = addr_slot(a);
+  bool ok = i != SIZE_MAX && total_conns < g_server->cfg.max_conns &&
+            (!strcmp(per_addr[i].addr, a) ? per_addr[i].n : 0) < g_server->cfg.max_conns_per_ip;
+  if (ok) {
+    if (strcmp(per_addr[i].addr, a) != 0) {
+      snprintf(per_addr[i].addr, sizeof per_addr[i].addr, "%s", a);
+      per_addr[i].n = 0;
+    }
+    per_addr[i].n++;
+    total_conns++;
+  }
+  pthread_mutex_unlock(&conns_mu);
+  return ok;
+}
+
+void listener_conn_closed(const struct sockaddr *sa) {
+  char a[INET6_ADDRSTRLEN];
+  addr_key(sa, a, sizeof a);
+  pthread_mutex_lock(&conns_mu);
+  size_t i = addr_slot(a);
+  if (i != SIZE_MAX && !strcmp(per_addr[i].addr, a) && per_addr[i].n > 0) {
+    per_addr[i].n--;
+    total_conns--;
+  }
+  pthread_mutex_unlock(&conns_mu);
+}
+
+/* Over a cap: a canned 503 capacity (the head was peeked, not read: read it
+ * off first so the close does not reset the reply away). */
+static void refuse_capacity(int fd) {
+  static const char body[] = "{\"error\":{\"kind\":\"capacity\",\"message\":\"too many connections "
+                             "(--max-conns, --max-conns-per-ip); retry later\"}}";
+  char resp[512], id[40], sink[4096];
+  sbx_new_id("req_", id, sizeof id);
+  int n = snprintf(resp, sizeof resp,
+                   "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %zu\r\nRetry-After: 1\r\nX-Request-Id: %s\r\n"
+                   "Connection: close\r\n\r\n%s",
+                   sizeof body - 1, id, body);
+  while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
+    ;
+  if (send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
+    log_debug("capacity refusal not fully sent");
+  shutdown(fd, SHUT_WR);
+  close(fd);
 }
 
 static void ws_done(loop_job *job) { free(job); }
@@ -87,9 +180,14 @@ static void dispatch(listener *l, int i) {
     loop_post(g_server->loop, job);
     return;
   }
+  if (!conn_admit((struct sockaddr *)&addr)) {
+    refuse_capacity(fd);
+    return;
+  }
   if (MHD_add_connection(g_server->mhd, fd, (struct sockaddr *)&addr, addrlen) != MHD_YES) {
+    /* MHD has closed the socket and will not report it closed */
     log_warn("libmicrohttpd refused a connection: %s", strerror(errno));
-    close(fd); /* MHD closes it on failure in most versions; a second close is harmless */
+    listener_conn_closed((struct sockaddr *)&addr);
   }
 }
 

@@ -17,6 +17,11 @@ typedef struct listener listener;
 int listener_start(const char *host, int port, listener **out, sbx_err *err);
 /* The port actually bound. */
 int listener_port(const listener *l);
+/* libmicrohttpd closed a REST connection from this address (for the
+ * per-address and total caps; wired to MHD_OPTION_NOTIFY_CONNECTION). */
+struct sockaddr;
+void listener_conn_closed(const struct sockaddr *sa);
+
 /* Stop accepting, close pending connections, join the thread, free. */
 void listener_stop(listener *l);
 

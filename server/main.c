@@ -38,7 +38,7 @@ static void usage(FILE *f) {
           "  --max-execs N        running execs per sandbox (default 1024)\n"
           "  --max-conns N        REST connections at once (default 4096)\n"
           "  --max-conns-per-ip N REST connections at once per client address (default 512)\n"
-          "  --insecure           serve a non-loopback address without API keys\n"
+          "  --insecure           serve every client without API keys (else: loopback only)\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
           "\n"
           "       sbxd keys create [--scope read|exec|admin] [--label K=V]... [--name N] [--data-dir DIR]\n"
@@ -208,6 +208,17 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   return 0;
 }
 
+/* libmicrohttpd closed a connection: the listener's caps count it out. */
+static void conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                        enum MHD_ConnectionNotificationCode toe) {
+  if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
+    return;
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (ci && ci->client_addr)
+    listener_conn_closed(ci->client_addr);
+}
+
 /* Wait until no REST request is in flight, or the deadline passes. */
 static void wait_idle(int64_t ms) {
   int64_t deadline = sbx_mono_ms() + ms;
@@ -277,8 +288,7 @@ int main(int argc, char **argv) {
       0, NULL, NULL, http_access, NULL, MHD_OPTION_THREAD_POOL_SIZE,
       (unsigned)server.cfg.http_threads, MHD_OPTION_NOTIFY_COMPLETED, http_completed, NULL,
       MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
-      MHD_OPTION_CONNECTION_LIMIT, (unsigned)server.cfg.max_conns,
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)server.cfg.max_conns_per_ip,
+      MHD_OPTION_NOTIFY_CONNECTION, conn_notify, NULL,
       MHD_OPTION_END);
   if (!server.mhd) {
     log_error("cannot start libmicrohttpd");
