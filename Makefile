@@ -133,8 +133,8 @@ FUZZ_DIR     ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_TARGETS := fuzz_request fuzz_frame fuzz_ws
-FUZZ_SRC     := routes/request.c routes/render.c routes/b64.c agent/proto.c vmm/agent_conn.c \
-                common/util.c common/err.c common/buf.c common/utf8.c
+FUZZ_SRC     := routes/request.c routes/render.c agent/proto.c vmm/agent_conn.c \
+                $(wildcard common/*.c)
 FUZZ_FLAGS   := -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -fno-omit-frame-pointer \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 

@@ -27,7 +27,7 @@
 #define SBX_PROTO_VERSION 1
 #define SBX_PROTO_HDR 9u
 #define SBX_PROTO_MAX_PAYLOAD (1u << 20) /* 1 MiB: JSON exec specs with big env/stdin */
-#define SBX_PROTO_CHUNK (64u * 1024)      /* largest STDOUT/STDERR payload the agent sends */
+#define SBX_PROTO_CHUNK (256u * 1024)     /* largest STDOUT/STDERR payload the agent sends */
 
 typedef enum sbx_frame_type {
   /* both directions, session 0 */

@@ -302,6 +302,10 @@ int agent_spawn(const agent_spawn_req *req, agent_spawn_res *res, agent_fail *fa
       return -1;
     }
     f.err_r = p[0], f.err_w = p[1];
+    /* bigger output pipes: fewer wake-ups of the agent per byte (the kernel
+     * caps this at /proc/sys/fs/pipe-max-size; failure just keeps 64 KiB) */
+    fcntl(f.out_r, F_SETPIPE_SZ, 1 << 20);
+    fcntl(f.err_r, F_SETPIPE_SZ, 1 << 20);
   }
   if (pipe2(p, O_CLOEXEC) < 0) {
     agent_fail_set(fail, "pipe", errno, NULL);

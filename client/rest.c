@@ -919,6 +919,7 @@ int sbx_exec_info_running(const sbx_exec_info *e) {
   const char *s = jstr(e->j, "state");
   return s && strcmp(s, "running") == 0;
 }
+int sbx_exec_info_tty(const sbx_exec_info *e) { return json_is_true(json_object_get(e->j, "tty")); }
 long sbx_exec_info_pid(const sbx_exec_info *e) {
   json_t *v = json_object_get(e->j, "pid");
   return json_is_integer(v) ? (long)json_integer_value(v) : -1;

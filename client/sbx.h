@@ -281,6 +281,7 @@ const char *sbx_exec_info_sandbox_id(const sbx_exec_info *e);
 const char *sbx_exec_info_cmd(const sbx_exec_info *e);
 const char *sbx_exec_info_state(const sbx_exec_info *e);  /* running exited failed timed_out killed */
 int sbx_exec_info_running(const sbx_exec_info *e);
+int sbx_exec_info_tty(const sbx_exec_info *e);            /* runs on a pseudo-terminal */
 long sbx_exec_info_pid(const sbx_exec_info *e);           /* -1 when null */
 int sbx_exec_info_exit_code(const sbx_exec_info *e);      /* -1 when null or killed */
 int sbx_exec_info_signal(const sbx_exec_info *e);         /* 0 = none */
@@ -341,6 +342,13 @@ sbx_stream *sbx_shell_stream(sbx_client *c, const char *ref, const char *command
 sbx_stream *sbx_attach(sbx_client *c, const char *exec_id, uint64_t stdout_offset,
                        uint64_t stderr_offset, sbx_error *err);
 
+/* sbx_attach for an interactive viewer: the stream also writes to the exec's
+ * stdin (take the writer with sbx_stream_take_stdin; closing the writer
+ * closes the exec's stdin for everyone, so a viewer that only leaves must
+ * not close it). */
+sbx_stream *sbx_attach_stdin(sbx_client *c, const char *exec_id, uint64_t stdout_offset,
+                             uint64_t stderr_offset, sbx_error *err);
+
 /* Next event, waiting at most timeout_ms (-1 = forever).  Returns 1 with *ev
  * filled; 0 after SBX_EV_DONE was delivered (no more events); -1 on error:
  * SBX_ERR_TIMEOUT when the wait passed (the stream stays usable), or the
@@ -368,6 +376,11 @@ int sbx_stream_wait(sbx_stream *s, int timeout_ms, int *exit_code, int *signal, 
 int sbx_stream_signal(sbx_stream *s, const char *sig, sbx_error *err);
 int sbx_stream_kill(sbx_stream *s, sbx_error *err);
 int sbx_stream_resize(sbx_stream *s, int rows, int cols, sbx_error *err);
+/* Wait until every queued message (stdin, signal, resize...) was handed to
+ * the socket, at most timeout_ms (-1 = forever): a caller about to close the
+ * stream or exit uses it so that its last messages are not dropped.  -1 with
+ * SBX_ERR_TIMEOUT, or SBX_ERR_TRANSPORT when the socket ended first. */
+int sbx_stream_flush(sbx_stream *s, int timeout_ms, sbx_error *err);
 /* The exec id once `started` arrived (or the attached id), else NULL. */
 const char *sbx_stream_exec_id(const sbx_stream *s);
 /* Close the socket (normal closure) and free the stream.  An exec started with

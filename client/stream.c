@@ -647,6 +647,17 @@ sbx_stream *sbx_attach(sbx_client *c, const char *exec_id, uint64_t stdout_offse
   return s;
 }
 
+sbx_stream *sbx_attach_stdin(sbx_client *c, const char *exec_id, uint64_t stdout_offset,
+                             uint64_t stderr_offset, sbx_error *err) {
+  sbx_stream *s = sbx_attach(c, exec_id, stdout_offset, stderr_offset, err);
+  if (s) {
+    /* no lock needed: nothing else has the stream yet, and the service
+     * thread never reads this flag */
+    s->stdin_pipe = true;
+  }
+  return s;
+}
+
 /* ---- receiving ---------------------------------------------------------------------- */
 
 int sbx_stream_recv(sbx_stream *s, sbx_event *ev, int timeout_ms, sbx_error *err) {
@@ -794,6 +805,24 @@ int sbx_stream_resize(sbx_stream *s, int rows, int cols, sbx_error *err) {
   }
   cleanup_json json_t *j = json_pack("{s:s,s:i,s:i}", "type", "resize", "rows", rows, "cols", cols);
   return send_json(s, j, err);
+}
+
+int sbx_stream_flush(sbx_stream *s, int timeout_ms, sbx_error *err) {
+  struct timespec ts;
+  if (timeout_ms >= 0)
+    deadline_ts(&ts, timeout_ms);
+  pthread_mutex_lock(&s->mu);
+  while (s->outq_head && !s->finished && !s->closing && wait_until(s, timeout_ms >= 0 ? &ts : NULL))
+    ;
+  bool sent = !s->outq_head, finished = s->finished || s->closing;
+  pthread_mutex_unlock(&s->mu);
+  if (sent)
+    return 0;
+  if (finished)
+    sbxc_seterr(err, SBX_ERR_TRANSPORT, "the stream ended before its messages were sent");
+  else
+    sbxc_seterr(err, SBX_ERR_TIMEOUT, "messages still queued after %d ms", timeout_ms);
+  return -1;
 }
 
 const char *sbx_stream_exec_id(const sbx_stream *s) { return s->exec_id[0] ? s->exec_id : NULL; }

@@ -15,7 +15,10 @@
 #include "ws.h"
 
 #define HELLO_TIMEOUT_US (10 * LWS_US_PER_SEC)
-#define CREDIT_WINDOW (256u * 1024) /* initial per-stream credit of an exec */
+/* initial per-stream credit of an exec: two chunks in flight per stream.
+ * With session.c's OWNER_WINDOW (1 MiB) the owner's lag stays within the
+ * smallest retention (2 MiB), so the owner never loses a byte. */
+#define CREDIT_WINDOW (2 * SBX_PROTO_CHUNK)
 
 /* ---------------------------------------------------------------- helpers */
 

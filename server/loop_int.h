@@ -22,6 +22,9 @@ typedef struct out_rec {
   uint64_t seq, offset; /* seq across both streams; offset within its stream */
   uint32_t len;
   uint8_t stream;
+  /* room for libwebsockets' frame header and our 9-byte binary prefix, so a
+   * whole record goes to a sbx.v1.binary client without a copy */
+  uint8_t head[LWS_PRE + 9];
   uint8_t data[];
 } out_rec;
 

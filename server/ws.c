@@ -189,6 +189,17 @@ static int write_record(ws_client *c, const out_rec *x) {
   size_t n = x->len - (size_t)skip;
   uint64_t off = x->offset + skip;
   c->sent[st] = x->offset + x->len;
+  if (c->binary && skip == 0) {
+    /* the whole record: frame it in its own headroom (clients are served one
+     * at a time on this thread, and lws copies whatever it cannot send now) */
+    out_rec *w = (out_rec *)x;
+    uint8_t *f = w->head + LWS_PRE;
+    f[0] = (uint8_t)(st + 1);
+    for (int i = 0; i < 8; i++)
+      f[1 + i] = (uint8_t)(off >> (56 - 8 * i));
+    int wr = lws_write(c->wsi, f, 9 + n, LWS_WRITE_BINARY);
+    return wr < (int)(9 + n) ? -1 : 1;
+  }
   if (c->binary) {
     uint8_t *buf = malloc(LWS_PRE + 9 + n);
     if (!buf)

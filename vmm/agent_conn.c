@@ -14,8 +14,11 @@ typedef struct outbuf {
   uint8_t data[];
 } outbuf;
 
+#define READ_BUF (SBX_PROTO_CHUNK * 4 + SBX_PROTO_HDR * 4)
+
 struct agent_conn {
   int fd;
+  uint8_t *rbuf; /* READ_BUF bytes: several output frames per read() */
   sbx_decoder *dec;
   agent_frame_cb cb;
   void *ud;
@@ -27,7 +30,10 @@ agent_conn *agent_conn_new(int fd, agent_frame_cb cb, void *ud) {
   if (!c)
     return NULL;
   c->dec = sbx_decoder_new();
-  if (!c->dec) {
+  c->rbuf = malloc(READ_BUF);
+  if (!c->dec || !c->rbuf) {
+    sbx_decoder_free(c->dec);
+    free(c->rbuf);
     free(c);
     return NULL;
   }
@@ -46,6 +52,7 @@ void agent_conn_free(agent_conn *c) {
     free(b);
   }
   sbx_decoder_free(c->dec);
+  free(c->rbuf);
   if (c->fd >= 0)
     close(c->fd);
   free(c);
@@ -54,9 +61,9 @@ void agent_conn_free(agent_conn *c) {
 int agent_conn_fd(const agent_conn *c) { return c->fd; }
 
 int agent_conn_read(agent_conn *c, sbx_err *err) {
-  uint8_t buf[SBX_PROTO_CHUNK + SBX_PROTO_HDR];
+  uint8_t *buf = c->rbuf;
   for (;;) {
-    ssize_t n = read(c->fd, buf, sizeof buf);
+    ssize_t n = read(c->fd, buf, READ_BUF);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -80,7 +87,7 @@ int agent_conn_read(agent_conn *c, sbx_err *err) {
       if (c->cb(c, &h, payload, c->ud) < 0)
         return sbx_fail(err, SBX_E_INTERNAL, 0, "connection closed by the gateway");
     }
-    if ((size_t)n < sizeof buf)
+    if ((size_t)n < READ_BUF)
       return 0; /* drained for now; poll again */
   }
 }
