@@ -1,5 +1,6 @@
 /* sbxd - the sbx gateway server. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -208,6 +209,14 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   return 0;
 }
 
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+  unsigned char b = (unsigned char)sig;
+  ssize_t w = write(sig_pipe[1], &b, 1); /* async-signal-safe */
+  (void)w;
+}
+
 /* libmicrohttpd closed a connection: the listener's caps count it out. */
 static void conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                         enum MHD_ConnectionNotificationCode toe) {
@@ -258,14 +267,21 @@ int main(int argc, char **argv) {
     return 2;
   server.driver = &vmm_ns_driver;
   server.started_ms = sbx_now_ms();
-  /* Signals are taken by sigwait in this thread only; every thread started
-   * below inherits the mask. */
+  /* SIGTERM/SIGINT are blocked here and so in every thread started below;
+   * a handler backs that up (a thread a library started before this point,
+   * e.g. a sanitizer's, may still take the signal) by waking the main loop
+   * through a pipe.  Either way the main thread does the shutdown. */
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
+  if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+    return 1;
+  struct sigaction sa = {.sa_handler = on_signal};
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
 
   sbx_err err;
   if (store_global_init(server.cfg.db_path, &err) < 0) {
@@ -310,6 +326,11 @@ int main(int argc, char **argv) {
     sig = sigtimedwait(&sigs, NULL, &tick);
     if (sig > 0)
       break;
+    unsigned char b;
+    if (read(sig_pipe[0], &b, 1) == 1) {
+      sig = b;
+      break;
+    }
     sandboxes_reap();
   }
   log_info("signal %d: shutting down (in-flight requests may finish for %lld ms)", sig,

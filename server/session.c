@@ -283,8 +283,7 @@ static void session_end(session *s, const sbx_err *lost) {
   loop_job *job = s->job;
   s->job = NULL;
   if (job) {
-    job->res = s->res; /* moves the collected buffers */
-    job->res.failure = json_incref(s->failure);
+    job->res = s->res; /* moves the collected buffers and res's failure reference */
     memset(&s->res.out, 0, sizeof s->res.out);
     memset(&s->res.err, 0, sizeof s->res.err);
     s->res.failure = NULL;
