@@ -454,22 +454,89 @@ static void on_sigwinch(int sig) {
   winch = 1;
 }
 
-/* -i -T on a terminal: raw mode, so keys (Ctrl-C too) reach the remote tty */
-static struct termios saved_tio;
-static bool tio_saved;
+/* -i -T and attach on a terminal: raw mode, so keys (Ctrl-C too) reach the
+ * remote tty.  The terminal is put back on every way out: a normal return
+ * (atexit), a terminating signal (the handler restores it at once, then the
+ * event loop ends the session), a crash (restore, then die of the signal),
+ * and Ctrl-Z-style stops (restore while stopped, raw again on SIGCONT). */
+static struct termios saved_tio, raw_tio;
+static volatile sig_atomic_t tio_saved, tio_raw;
+/* A terminating signal (SIGTERM, SIGHUP, SIGQUIT) seen by a raw-mode session. */
+static volatile sig_atomic_t term_sig;
+
+/* Async-signal-safe: only tcsetattr. */
 static void restore_tty(void) {
-  if (tio_saved)
+  if (tio_saved && tio_raw) {
     tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_tio);
+    tio_raw = 0;
+  }
 }
+
+static void on_term_signal(int sig) {
+  int saved = errno;
+  restore_tty();
+  term_sig = sig;
+  errno = saved;
+}
+
+static void on_fatal_signal(int sig) {
+  restore_tty();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void on_tstp(int sig) {
+  (void)sig;
+  int saved = errno;
+  bool was_raw = tio_raw;
+  restore_tty();
+  kill(getpid(), SIGSTOP); /* returns once continued */
+  if (was_raw && tcsetattr(STDIN_FILENO, TCSADRAIN, &raw_tio) == 0)
+    tio_raw = 1;
+  winch = 1; /* the window may have changed while stopped */
+  errno = saved;
+}
+
+/* Handlers that end a session cleanly instead of dying with a raw terminal. */
+static void guard_signals(void) {
+  static const int term[] = {SIGTERM, SIGHUP, SIGQUIT};
+  static const int fatal[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
+  struct sigaction sa = {0};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_handler = on_term_signal;
+  for (size_t i = 0; i < sizeof term / sizeof term[0]; i++)
+    sigaction(term[i], &sa, NULL);
+  sa.sa_handler = on_fatal_signal;
+  for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+    sigaction(fatal[i], &sa, NULL);
+  sa.sa_handler = on_tstp;
+  sigaction(SIGTSTP, &sa, NULL);
+}
+
 static void raw_tty(void) {
-  struct termios t;
-  if (tcgetattr(STDIN_FILENO, &saved_tio) < 0)
-    return;
-  tio_saved = true;
-  atexit(restore_tty);
-  t = saved_tio;
-  cfmakeraw(&t);
-  tcsetattr(STDIN_FILENO, TCSADRAIN, &t);
+  if (!tio_saved) {
+    if (tcgetattr(STDIN_FILENO, &saved_tio) < 0)
+      return;
+    raw_tio = saved_tio;
+    cfmakeraw(&raw_tio);
+    tio_saved = 1;
+    atexit(restore_tty);
+  }
+  guard_signals();
+  if (tcsetattr(STDIN_FILENO, TCSADRAIN, &raw_tio) == 0)
+    tio_raw = 1;
+}
+
+/* The local window size (stdout, else stdin); false when neither is a tty. */
+static bool term_size(int *rows, int *cols) {
+  struct winsize ws;
+  if ((ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 || ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0) &&
+      ws.ws_row && ws.ws_col) {
+    *rows = ws.ws_row;
+    *cols = ws.ws_col;
+    return true;
+  }
+  return false;
 }
 
 typedef struct stdin_pump {
@@ -581,21 +648,47 @@ static int exec_rest(const char *ref, const char *cmd, const char *const *args, 
   return status;
 }
 
+/* How a pump ended. */
+typedef enum pump_end {
+  PUMP_DONE,     /* the stream's last event (status: the exec's) */
+  PUMP_LOST,     /* the connection failed (reported; terminal restored) */
+  PUMP_DETACHED, /* the detach key was typed (attach) */
+  PUMP_SIGNALED, /* a terminating signal (status: 128+N; terminal restored) */
+} pump_end;
+
+typedef enum pump_mode {
+  PUMP_VIEW,   /* logs --follow: local signals are not forwarded */
+  PUMP_EXEC,   /* exec/shell: Ctrl-C sends SIGINT, a second one kills */
+  PUMP_ATTACH, /* attach: every SIGINT is forwarded, never a kill; detach key */
+} pump_mode;
+
+/* Set by the attach input thread when the detach keys were typed. */
+static volatile sig_atomic_t detach_now;
+
 /* Stream events to stdout/stderr until done; returns the exit status. */
-static int pump_events(sbx_stream *s, bool forward_ctrl_c) {
+static int pump_events(sbx_stream *s, pump_mode mode, pump_end *end) {
   int status = EXIT_API;
   bool out_ok = true, err_ok = true;
   int handled = 0;
+  *end = PUMP_DONE;
   for (;;) {
+    if (term_sig) {
+      *end = PUMP_SIGNALED;
+      return 128 + term_sig;
+    }
+    if (mode == PUMP_ATTACH && detach_now) {
+      *end = PUMP_DETACHED;
+      return 0;
+    }
     if (winch) {
       winch = 0;
-      struct winsize ws;
-      if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
-        sbx_stream_resize(s, ws.ws_row, ws.ws_col, NULL);
+      int rows, cols;
+      if (term_size(&rows, &cols))
+        sbx_stream_resize(s, rows, cols, NULL);
     }
-    if (forward_ctrl_c && interrupts > handled) {
+    if (mode != PUMP_VIEW && interrupts > handled) {
       handled = interrupts;
-      if (handled == 1)
+      if (handled == 1 || mode == PUMP_ATTACH)
         sbx_stream_signal(s, "SIGINT", NULL);
       else
         sbx_stream_kill(s, NULL);
@@ -608,6 +701,8 @@ static int pump_events(sbx_stream *s, bool forward_ctrl_c) {
     if (rc < 0) {
       if (e.kind == SBX_ERR_TIMEOUT)
         continue;
+      restore_tty();
+      *end = PUMP_LOST;
       return api_error(NULL, &e);
     }
     switch (ev.type) {
@@ -624,18 +719,21 @@ static int pump_events(sbx_stream *s, bool forward_ctrl_c) {
         status = exit_status(ev.exit_code, ev.signal);
       break;
     case SBX_EV_FAILED:
+      restore_tty();
       print_failure(&ev.failure);
       status = failure_exit(&ev.failure);
       break;
     case SBX_EV_STDIN_ERROR:
-      fprintf(stderr, "sbx: stdin: %s\n", ev.failure.message);
+      fprintf(stderr, "sbx: stdin: %s%s", ev.failure.message, tio_raw ? "\r\n" : "\n");
       break;
     case SBX_EV_GAP:
-      fprintf(stderr, "sbx: %s bytes %llu..%llu were dropped (fell behind retention)\n",
+      fprintf(stderr, "sbx: %s bytes %llu..%llu were dropped (fell behind retention)%s",
               ev.gap_stream == SBX_EV_STDERR ? "stderr" : "stdout",
-              (unsigned long long)ev.gap_from, (unsigned long long)ev.gap_to);
+              (unsigned long long)ev.gap_from, (unsigned long long)ev.gap_to,
+              tio_raw ? "\r\n" : "\n");
       break;
     case SBX_EV_ERROR:
+      restore_tty();
       fprintf(stderr, "sbx: %s (%s)\n", ev.error.message, ev.error.kind_name);
       status = ev.error.kind == SBX_ERR_EXEC_TIMEOUT ? EXIT_TIMEOUT : EXIT_API;
       break;
@@ -644,6 +742,241 @@ static int pump_events(sbx_stream *s, bool forward_ctrl_c) {
       break;
     }
   }
+}
+
+/* ---- attach ---------------------------------------------------------------------------- */
+
+#define DETACH_KEYS_MAX 16
+
+/* "ctrl-]" (the default), "ctrl-p,ctrl-q" (a sequence), "x" (one character)
+ * or "none" -> the bytes to match; -1 with a message when malformed. */
+static int parse_detach_keys(const char *spec, unsigned char *keys, size_t *n) {
+  *n = 0;
+  if (strcmp(spec, "none") == 0 || !*spec)
+    return 0;
+  autofree char *copy = strdup(spec);
+  if (!copy)
+    return -1;
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    unsigned char k;
+    if (strncasecmp(tok, "ctrl-", 5) == 0 && strlen(tok) == 6) {
+      int ch = tok[5];
+      if (ch >= 'a' && ch <= 'z')
+        ch -= 'a' - 'A';
+      if (ch == '?')
+        k = 0x7f;
+      else if (ch >= '@' && ch <= '_')
+        k = (unsigned char)(ch - '@');
+      else
+        return -1;
+    } else if (strlen(tok) == 1 && tok[0] > ' ' && tok[0] < 0x7f) {
+      k = (unsigned char)tok[0];
+    } else {
+      return -1;
+    }
+    if (*n == DETACH_KEYS_MAX)
+      return -1;
+    keys[(*n)++] = k;
+  }
+  return *n ? 0 : -1;
+}
+
+/* The attach input thread: local stdin to the exec's stdin, watching for the
+ * detach keys (held back while they could still be the sequence, so the
+ * remote program never sees them). */
+typedef struct attach_input {
+  sbx_stdin *w;
+  unsigned char keys[DETACH_KEYS_MAX];
+  size_t nkeys; /* 0: no detach key */
+  volatile bool running;
+} attach_input;
+
+static void *attach_input_main(void *arg) {
+  attach_input *in = arg;
+  unsigned char buf[16384], out[16384 + DETACH_KEYS_MAX];
+  size_t matched = 0;
+  for (;;) {
+    ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0)
+      sbx_stdin_close(in->w, NULL); /* a piped stdin ended: so does the program's */
+    if (n <= 0)
+      break;
+    size_t o = 0;
+    bool hit = false;
+    for (ssize_t i = 0; i < n && !hit; i++) {
+      unsigned char b = buf[i];
+      if (in->nkeys && b == in->keys[matched]) {
+        hit = ++matched == in->nkeys;
+        continue;
+      }
+      /* a broken sequence: the keys held back were ordinary input */
+      memcpy(out + o, in->keys, matched);
+      o += matched;
+      matched = 0;
+      if (in->nkeys && b == in->keys[0]) {
+        hit = ++matched == in->nkeys;
+        continue;
+      }
+      out[o++] = b;
+    }
+    if (o && sbx_stdin_write(in->w, out, o, NULL) < 0)
+      break;
+    if (hit) {
+      detach_now = 1;
+      break;
+    }
+  }
+  in->running = false;
+  return NULL;
+}
+
+/* Replay the tail of an exec's terminal output (from a line start, at most
+ * 4 KiB back) before attaching; returns the offset to attach from.  (The
+ * exec record's byte counts may lag while it runs: ask the output route
+ * where the stream ends, with an offset past any real end.) */
+static uint64_t replay_tail(const char *exec_id) {
+  unsigned char *data = NULL;
+  size_t len = 0;
+  uint64_t end = 0;
+  if (sbx_exec_output(client, exec_id, "stdout", (uint64_t)1 << 53, &data, &len, NULL, &end, NULL,
+                      NULL) < 0)
+    return 0;
+  free(data);
+  data = NULL;
+  uint64_t start = end > 4096 ? end - 4096 : 0, first = start, next = end;
+  if (end == 0 ||
+      sbx_exec_output(client, exec_id, "stdout", start, &data, &len, &first, &next, NULL, NULL) < 0)
+    return end;
+  size_t skip = 0;
+  if (first > 0) {
+    unsigned char *nl = memchr(data, '\n', len);
+    skip = nl ? (size_t)(nl - data) + 1 : len;
+  }
+  write_all(STDOUT_FILENO, data + skip, len - skip);
+  free(data);
+  return next;
+}
+
+/* An interactive session: start cmd/args (NULL: the sandbox's shell) in ref
+ * on a pseudo-terminal, detached on the server so that the detach keys can
+ * leave it running; or join the running exec exec_id.  Returns the exit
+ * status (the exec's; 0 when detached; 128+N on local signal N; 1 when the
+ * connection was lost). */
+static int attach_session(const char *ref, const char *cmd, const char *const *args,
+                          const char *exec_id, sbx_exec_opts *o, const char *detach_keys) {
+  static attach_input in;
+  if (parse_detach_keys(detach_keys ? detach_keys : "ctrl-]", in.keys, &in.nkeys) < 0)
+    return usage_error("attach ", "bad --detach-keys %s (want e.g. ctrl-], ctrl-p,ctrl-q, none)",
+                       detach_keys);
+  sbx_error e;
+  sbx_stream *s;
+  bool owner = exec_id == NULL, tty = true;
+  if (owner) {
+    autofree char *shell = NULL;
+    if (!cmd) {
+      sbx_sandbox *sb = sbx_sandbox_get(client, ref, &e);
+      if (!sb)
+        return api_error(ref, &e);
+      const char *sh = sbx_sandbox_shell(sb);
+      shell = strdup(sh && *sh ? sh : "/bin/sh");
+      sbx_sandbox_free(sb);
+      if (!shell)
+        return api_error(NULL, &(sbx_error){.kind_name = "internal", .message = "out of memory"});
+      cmd = shell;
+      args = NULL;
+    }
+    o->tty = 1;
+    if (!term_size(&o->rows, &o->cols))
+      o->rows = o->cols = 0;
+    o->stdin_pipe = 1;
+    o->detach = 1; /* the server keeps it when we detach (or lose the connection) */
+    s = sbx_exec_stream(client, ref, cmd, args, o, &e);
+    if (!s)
+      return api_error(NULL, &e);
+  } else {
+    sbx_exec_info *x = sbx_exec_get(client, exec_id, &e);
+    if (!x)
+      return api_error(exec_id, &e);
+    tty = sbx_exec_info_tty(x);
+    sbx_exec_info_free(x);
+    uint64_t off = replay_tail(exec_id), eoff = 0;
+    /* stderr (no tty) is not replayed: join it live */
+    unsigned char *d = NULL;
+    size_t dl;
+    if (sbx_exec_output(client, exec_id, "stderr", (uint64_t)1 << 53, &d, &dl, NULL, &eoff, NULL,
+                        NULL) == 0)
+      free(d);
+    s = sbx_attach_stdin(client, exec_id, off, eoff, &e);
+    if (!s)
+      return api_error(exec_id, &e);
+    winch = 1; /* the exec may have another size: tell it ours (and redraw) */
+  }
+
+  struct sigaction sa = {0};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_handler = on_sigint;
+  sigaction(SIGINT, &sa, NULL);
+  sa.sa_handler = on_sigwinch;
+  sigaction(SIGWINCH, &sa, NULL);
+  guard_signals();
+  if (tty && isatty(STDIN_FILENO))
+    raw_tty();
+
+  pthread_t th;
+  in.w = sbx_stream_take_stdin(s, &e);
+  in.running = true;
+  if (!in.w || pthread_create(&th, NULL, attach_input_main, &in) != 0) {
+    in.running = false;
+    restore_tty();
+    sbx_stream_close(s);
+    return api_error("stdin", &e);
+  }
+  pump_end end;
+  int status = pump_events(s, PUMP_ATTACH, &end);
+  const char *id = sbx_stream_exec_id(s);
+  char idbuf[40] = "";
+  if (id)
+    snprintf(idbuf, sizeof idbuf, "%s", id);
+
+  switch (end) {
+  case PUMP_DONE:
+    break;
+  case PUMP_DETACHED:
+    sbx_stream_flush(s, 2000, NULL); /* the keys typed before the detach keys */
+    restore_tty();
+    if (idbuf[0])
+      fprintf(stderr, "\r\nsbx: detached; %s keeps running (re-attach: sbx attach --exec %s)\n",
+              idbuf, idbuf);
+    else
+      fprintf(stderr, "\r\nsbx: detached\n");
+    break;
+  case PUMP_SIGNALED:
+    /* the session's owner going away ends the exec, as a non-detached
+     * stream's close would; a viewer just leaves */
+    if (owner) {
+      sbx_stream_kill(s, NULL);
+      sbx_stream_flush(s, 2000, NULL);
+    }
+    restore_tty();
+    break;
+  case PUMP_LOST:
+    if (owner && idbuf[0])
+      fprintf(stderr, "sbx: %s may still be running (re-attach: sbx attach --exec %s)\n", idbuf,
+              idbuf);
+    break;
+  }
+  restore_tty();
+  fflush(stdout);
+  /* a stdin thread still blocked in read() owns a pointer into the stream:
+   * leave both to the process exit */
+  if (!in.running) {
+    pthread_join(th, NULL);
+    sbx_stream_close(s);
+  }
+  return status;
 }
 
 static int cmd_exec(int argc, char **argv, bool shell) {
@@ -662,19 +995,25 @@ static int cmd_exec(int argc, char **argv, bool shell) {
       "  -i, --interactive     forward stdin (EOF when it ends)\n"
       "  -T, --tty             run under a pseudo-terminal\n"
       "Ctrl-C sends SIGINT to the program, a second Ctrl-C kills it.\n";
+  static const char help_shell_attach[] =
+      "Without COMMAND, `sbx shell REF` opens the sandbox's shell on a terminal, as\n"
+      "`sbx attach REF` does (see sbx attach --help):\n"
+      "  -d, --detach-keys KEYS  keys that detach (default ctrl-])\n";
   static const struct option lo[] = {
       {"workdir", required_argument, NULL, 'w'}, {"env", required_argument, NULL, 'e'},
       {"user", required_argument, NULL, 'u'},    {"timeout", required_argument, NULL, 't'},
       {"interactive", no_argument, NULL, 'i'},   {"tty", no_argument, NULL, 'T'},
-      COMMON_LONGOPTS,                           {NULL, 0, NULL, 0}};
+      {"detach-keys", required_argument, NULL, 'd'}, COMMON_LONGOPTS,
+      {NULL, 0, NULL, 0}};
   const char *cmdname = shell ? "shell " : "exec ";
+  const char *detach_keys = NULL;
   sbx_exec_opts o = {0};
   strlist env = {0};
   const char *ref = NULL;
   bool interactive = false;
   /* "+": stop at the program's own arguments; the first operand is REF */
   for (;;) {
-    int c = getopt_long(argc, argv, "+w:e:u:t:iT", lo, NULL);
+    int c = getopt_long(argc, argv, shell ? "+w:e:u:t:iTd:" : "+w:e:u:t:iT", lo, NULL);
     if (c == -1) {
       if (!ref && optind < argc && strcmp(argv[optind - 1], "--") != 0) {
         ref = argv[optind++];
@@ -700,25 +1039,41 @@ static int cmd_exec(int argc, char **argv, bool shell) {
       break;
     case 'i': interactive = true; break;
     case 'T': o.tty = 1; break;
-    case OPT_HELP: printf("%s%s%s", shell ? help_shell : help_exec, help_opts, common_help); return 0;
+    case 'd':
+      if (!shell)
+        return bad_option(cmdname, argv);
+      detach_keys = optarg;
+      break;
+    case OPT_HELP:
+      printf("%s%s%s%s", shell ? help_shell : help_exec, help_opts,
+             shell ? help_shell_attach : "", common_help);
+      return 0;
     default: return bad_option(cmdname, argv);
     }
   }
   if (!ref)
     return usage_error(cmdname, "missing REF");
+  if (shell && optind >= argc && !g.json) {
+    /* no COMMAND: an interactive shell, as `sbx attach REF` */
+    o.env = env.v;
+    if (connect_client())
+      return EXIT_API;
+    int status = attach_session(ref, NULL, NULL, NULL, &o, detach_keys);
+    free(env.v);
+    return status;
+  }
   if (optind >= argc)
     return usage_error(cmdname, shell ? "missing COMMAND" : "missing CMD");
+  if (detach_keys)
+    return usage_error(cmdname, "--detach-keys is for `sbx shell REF` without COMMAND");
   if (shell && argc - optind > 1)
     return usage_error(cmdname, "COMMAND is one argument; quote it");
   o.env = env.v;
   const char *cmd = argv[optind];
   const char *const *args = (const char *const *)argv + optind + 1;
   const char *command = shell ? cmd : NULL;
-  struct winsize ws;
-  if (o.tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) {
-    o.rows = ws.ws_row;
-    o.cols = ws.ws_col;
-  }
+  if (o.tty)
+    term_size(&o.rows, &o.cols);
   if (connect_client())
     return EXIT_API;
   if (g.json)
@@ -756,7 +1111,8 @@ static int cmd_exec(int argc, char **argv, bool shell) {
     }
     have_thread = true;
   }
-  int status = pump_events(s, true);
+  pump_end end;
+  int status = pump_events(s, PUMP_EXEC, &end);
   free(env.v);
   /* a stdin thread still blocked in read() owns a pointer into the stream:
    * leave both to the process exit */
@@ -764,6 +1120,71 @@ static int cmd_exec(int argc, char **argv, bool shell) {
     sbx_stream_close(s);
   if (have_thread && !pump.running)
     pthread_join(th, NULL);
+  return status;
+}
+
+static int cmd_attach(int argc, char **argv) {
+  static const char help[] =
+      "Usage: sbx attach REF [OPTIONS] [-- CMD [ARGS...]]\n"
+      "       sbx attach --exec EXEC_ID [OPTIONS]\n"
+      "Open an interactive terminal into a sandbox: CMD (default: the sandbox's\n"
+      "shell) runs on a pseudo-terminal of the local window's size, the local terminal\n"
+      "is in raw mode (every key, Ctrl-C too, goes to the program) and window size\n"
+      "changes follow.  Exits with the program's exit code when it ends.\n"
+      "The detach keys (default Ctrl-]) leave the program running and print its exec\n"
+      "id; `sbx attach --exec EXEC_ID` joins it again (so does a lost connection).\n"
+      "SIGTERM/SIGHUP to sbx kill a program it started (a re-attached viewer only\n"
+      "leaves).\n"
+      "  -d, --detach-keys KEYS  ctrl-X, a comma-separated sequence (ctrl-p,ctrl-q),\n"
+      "                          or none (default ctrl-])\n"
+      "  -x, --exec EXEC_ID      join a running exec instead of starting one\n"
+      "  -w, --workdir DIR       working directory\n"
+      "  -e, --env K=V           environment variable (repeatable)\n"
+      "  -u, --user USER         user name or uid\n";
+  static const struct option lo[] = {
+      {"detach-keys", required_argument, NULL, 'd'}, {"exec", required_argument, NULL, 'x'},
+      {"workdir", required_argument, NULL, 'w'},     {"env", required_argument, NULL, 'e'},
+      {"user", required_argument, NULL, 'u'},        COMMON_LONGOPTS,
+      {NULL, 0, NULL, 0}};
+  sbx_exec_opts o = {0};
+  strlist env = {0};
+  const char *ref = NULL, *exec_id = NULL, *detach_keys = NULL;
+  for (;;) {
+    int c = getopt_long(argc, argv, "+d:x:w:e:u:", lo, NULL);
+    if (c == -1) {
+      if (!ref && optind < argc && strcmp(argv[optind - 1], "--") != 0) {
+        ref = argv[optind++];
+        continue;
+      }
+      break;
+    }
+    if (common_opt(c))
+      continue;
+    switch (c) {
+    case 'd': detach_keys = optarg; break;
+    case 'x': exec_id = optarg; break;
+    case 'w': o.cwd = optarg; break;
+    case 'e':
+      if (!strchr(optarg, '=') || optarg[0] == '=')
+        return usage_error("attach ", "--env wants K=V, got %s", optarg);
+      strlist_add(&env, optarg);
+      break;
+    case 'u': o.user = optarg; break;
+    case OPT_HELP: printf("%s%s", help, common_help); return 0;
+    default: return bad_option("attach ", argv);
+    }
+  }
+  if (exec_id && (ref || optind < argc || o.cwd || o.user || env.n))
+    return usage_error("attach ", "--exec joins a running exec: no REF, CMD, -w, -e or -u");
+  if (!exec_id && !ref)
+    return usage_error("attach ", "missing REF (or --exec EXEC_ID)");
+  o.env = env.v;
+  if (connect_client())
+    return EXIT_API;
+  const char *cmd = optind < argc ? argv[optind] : NULL;
+  const char *const *args = cmd ? (const char *const *)argv + optind + 1 : NULL;
+  int status = attach_session(ref, cmd, args, exec_id, &o, detach_keys);
+  free(env.v);
   return status;
 }
 
@@ -866,7 +1287,8 @@ static int cmd_logs(int argc, char **argv) {
     sbx_stream *s = sbx_attach(client, id, (uint64_t)off, (uint64_t)eoff, &e);
     if (!s)
       return api_error(id, &e);
-    int status = pump_events(s, false);
+    pump_end end;
+    int status = pump_events(s, PUMP_VIEW, &end);
     sbx_stream_close(s);
     return status == EXIT_API ? EXIT_API : 0;
   }
@@ -1008,6 +1430,9 @@ static const char main_help[] =
     "Execs:\n"
     "  exec REF [-w CWD] [-e K=V] [-u USER] [-t TIMEOUT] [-i] [-T] -- CMD ARGS...\n"
     "  shell REF 'command'      run with the sandbox's shell\n"
+    "  attach REF [-- CMD ARGS...]  interactive terminal (default: the sandbox's shell;\n"
+    "                           Ctrl-] detaches); `shell REF` without a command is the same\n"
+    "  attach --exec EXEC_ID    join a running exec again\n"
     "  execs REF                a sandbox's execs\n"
     "  logs EXEC [--follow] [--offset N]\n"
     "  kill EXEC [--signal S]\n"
@@ -1053,6 +1478,8 @@ int main(int argc, char **argv) {
     rc = cmd_exec(sub_argc, sub_argv, false);
   else if (strcmp(cmd, "shell") == 0)
     rc = cmd_exec(sub_argc, sub_argv, true);
+  else if (strcmp(cmd, "attach") == 0)
+    rc = cmd_attach(sub_argc, sub_argv);
   else if (strcmp(cmd, "execs") == 0)
     rc = cmd_execs(sub_argc, sub_argv);
   else if (strcmp(cmd, "logs") == 0)
