@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client/sbx.h"
@@ -789,6 +790,7 @@ typedef struct attach_input {
   sbx_stdin *w;
   unsigned char keys[DETACH_KEYS_MAX];
   size_t nkeys; /* 0: no detach key */
+  bool close_on_eof; /* the exec's owner: a local EOF is the program's EOF */
   volatile bool running;
 } attach_input;
 
@@ -800,7 +802,7 @@ static void *attach_input_main(void *arg) {
     ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
     if (n < 0 && errno == EINTR)
       continue;
-    if (n == 0)
+    if (n == 0 && in->close_on_eof)
       sbx_stdin_close(in->w, NULL); /* a piped stdin ended: so does the program's */
     if (n <= 0)
       break;
@@ -860,6 +862,24 @@ static uint64_t replay_tail(const char *exec_id) {
   return next;
 }
 
+/* After a kill: wait at most ms for the exec's end, so that exiting at once
+ * cannot reset the connection before the server has read the kill. */
+static void await_end(sbx_stream *s, long ms) {
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    sbx_event ev;
+    sbx_error e;
+    int rc = sbx_stream_recv(s, &ev, 100, &e);
+    if (rc == 0 || (rc > 0 && (ev.type == SBX_EV_EXITED || ev.type == SBX_EV_FAILED)) ||
+        (rc < 0 && e.kind != SBX_ERR_TIMEOUT))
+      return;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000 > ms)
+      return;
+  }
+}
+
 /* An interactive session: start cmd/args (NULL: the sandbox's shell) in ref
  * on a pseudo-terminal, detached on the server so that the detach keys can
  * leave it running; or join the running exec exec_id.  Returns the exit
@@ -912,7 +932,8 @@ static int attach_session(const char *ref, const char *cmd, const char *const *a
     s = sbx_attach_stdin(client, exec_id, off, eoff, &e);
     if (!s)
       return api_error(exec_id, &e);
-    winch = 1; /* the exec may have another size: tell it ours (and redraw) */
+    if (tty)
+      winch = 1; /* the exec may have another size: tell it ours (and redraw) */
   }
 
   struct sigaction sa = {0};
@@ -927,6 +948,7 @@ static int attach_session(const char *ref, const char *cmd, const char *const *a
 
   pthread_t th;
   in.w = sbx_stream_take_stdin(s, &e);
+  in.close_on_eof = owner; /* a viewer comes and goes without touching the exec */
   in.running = true;
   if (!in.w || pthread_create(&th, NULL, attach_input_main, &in) != 0) {
     in.running = false;
@@ -941,10 +963,13 @@ static int attach_session(const char *ref, const char *cmd, const char *const *a
   if (id)
     snprintf(idbuf, sizeof idbuf, "%s", id);
 
+  bool joined = false;
   switch (end) {
   case PUMP_DONE:
     break;
   case PUMP_DETACHED:
+    pthread_join(th, NULL); /* it typed the detach keys and is on its way out */
+    joined = true;
     sbx_stream_flush(s, 2000, NULL); /* the keys typed before the detach keys */
     restore_tty();
     if (idbuf[0])
@@ -956,10 +981,8 @@ static int attach_session(const char *ref, const char *cmd, const char *const *a
   case PUMP_SIGNALED:
     /* the session's owner going away ends the exec, as a non-detached
      * stream's close would; a viewer just leaves */
-    if (owner) {
-      sbx_stream_kill(s, NULL);
-      sbx_stream_flush(s, 2000, NULL);
-    }
+    if (owner && sbx_stream_kill(s, NULL) == 0)
+      await_end(s, 2000);
     restore_tty();
     break;
   case PUMP_LOST:
@@ -972,8 +995,9 @@ static int attach_session(const char *ref, const char *cmd, const char *const *a
   fflush(stdout);
   /* a stdin thread still blocked in read() owns a pointer into the stream:
    * leave both to the process exit */
-  if (!in.running) {
-    pthread_join(th, NULL);
+  if (joined || !in.running) {
+    if (!joined)
+      pthread_join(th, NULL);
     sbx_stream_close(s);
   }
   return status;

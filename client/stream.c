@@ -68,6 +68,7 @@ struct sbx_stream {
   outmsg *outq_head, *outq_tail;
   size_t outq_bytes;
   bool closing;
+  bool writing; /* a dequeued message is being handed to lws_write */
   /* stdin */
   bool stdin_pipe, stdin_taken;
   sbx_stdin writer;
@@ -320,6 +321,7 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       if (!s->outq_head)
         s->outq_tail = NULL;
       s->outq_bytes -= m->len;
+      s->writing = true;
       pthread_cond_broadcast(&s->cond);
     }
     bool more = s->outq_head != NULL;
@@ -328,6 +330,10 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
       int n = lws_write(wsi, m->data + LWS_PRE, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
       bool short_write = n < (int)m->len;
       free(m);
+      pthread_mutex_lock(&s->mu);
+      s->writing = false;
+      pthread_cond_broadcast(&s->cond); /* sbx_stream_flush */
+      pthread_mutex_unlock(&s->mu);
       if (short_write)
         return -1;
     }
@@ -812,9 +818,10 @@ int sbx_stream_flush(sbx_stream *s, int timeout_ms, sbx_error *err) {
   if (timeout_ms >= 0)
     deadline_ts(&ts, timeout_ms);
   pthread_mutex_lock(&s->mu);
-  while (s->outq_head && !s->finished && !s->closing && wait_until(s, timeout_ms >= 0 ? &ts : NULL))
+  while ((s->outq_head || s->writing) && !s->finished && !s->closing &&
+         wait_until(s, timeout_ms >= 0 ? &ts : NULL))
     ;
-  bool sent = !s->outq_head, finished = s->finished || s->closing;
+  bool sent = !s->outq_head && !s->writing, finished = s->finished || s->closing;
   pthread_mutex_unlock(&s->mu);
   if (sent)
     return 0;

@@ -62,7 +62,10 @@ static enum MHD_Result control_error(http_req *r) {
 static enum MHD_Result wait_done(http_req *r) {
   enum MHD_Result ret;
   json_t *ex = route_exec_record(r, &ret);
-  return ex ? http_reply_json(r, 200, ex) : ret;
+  if (!ex)
+    return ret;
+  route_exec_live_counts(ex);
+  return http_reply_json(r, 200, ex);
 }
 
 enum MHD_Result route_exec_wait(http_req *r, json_t *body) {

@@ -130,10 +130,27 @@ static enum MHD_Result start(http_req *r, json_t *body, bool shell_mode) {
 enum MHD_Result route_exec(http_req *r, json_t *body) { return start(r, body, false); }
 enum MHD_Result route_shell(http_req *r, json_t *body) { return start(r, body, true); }
 
+/* A running exec's record counts output only at its end; ask the loop for
+ * what has passed so far. */
+void route_exec_live_counts(json_t *ex) {
+  if (strcmp(json_string_value(json_object_get(ex, "state")), "running") != 0)
+    return;
+  loop_job job = {.kind = LOOP_JOB_COUNTS, .fd = -1};
+  snprintf(job.exec_id, sizeof job.exec_id, "%.31s",
+           json_string_value(json_object_get(ex, "exec_id")));
+  if (loop_call(g_server->loop, &job) == 0) {
+    json_object_set_new(ex, "stdout_bytes", json_integer((json_int_t)job.res.out_bytes));
+    json_object_set_new(ex, "stderr_bytes", json_integer((json_int_t)job.res.err_bytes));
+  }
+}
+
 enum MHD_Result route_exec_get(http_req *r, json_t *body) {
   enum MHD_Result ret;
   json_t *ex = route_exec_record(r, &ret);
-  return ex ? http_reply_json(r, 200, ex) : ret;
+  if (!ex)
+    return ret;
+  route_exec_live_counts(ex);
+  return http_reply_json(r, 200, ex);
 }
 
 enum MHD_Result route_exec_list(http_req *r, json_t *body) {
@@ -167,6 +184,10 @@ enum MHD_Result route_exec_list(http_req *r, json_t *body) {
   if (store_exec_list(st, json_string_value(json_object_get(sb, "id")), state, limit, cursor,
                       &list, &next, &err) < 0)
     return http_reply_error(r, &err, NULL);
+  size_t i;
+  json_t *ex;
+  json_array_foreach(list, i, ex)
+    route_exec_live_counts(ex);
   json_t *reply = json_pack("{s:o}", "data", list);
   json_object_set_new(reply, "next_cursor", next ? json_string(next) : json_null());
   free(next);

@@ -492,7 +492,12 @@ static int parse_exec_fields(json_t *body, bool shell_mode, const char *sandbox_
     cmd_src = v;
     cmd_field = "shell";
   }
-  if (shell_mode || cmd_src) {
+  json_t *tty = opt(body, "tty");
+  if (!shell_mode && !cmd_src && !opt(body, "cmd") && !opt(body, "args") && json_is_true(tty)) {
+    /* a terminal with no command: the sandbox's shell, interactive */
+    if (!(r->cmd = strdup(sandbox_shell)) || !(r->args = json_array()))
+      return sbx_fail(err, SBX_E_INTERNAL, 0, "out of memory");
+  } else if (shell_mode || cmd_src) {
     if (parse_shell_cmd(body, cmd_src, cmd_field, sandbox_shell, r, err) < 0)
       return -1;
   } else if (parse_cmd_args(body, r, err) < 0) {

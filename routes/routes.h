@@ -54,6 +54,9 @@ enum MHD_Result route_exec_output(http_req *r, json_t *body);
  * reply queued in *ret (404, 403, 500). */
 json_t *route_exec_record(http_req *r, enum MHD_Result *ret);
 
+/* Fill a running exec record's stdout_bytes/stderr_bytes from the loop. */
+void route_exec_live_counts(json_t *ex);
+
 /* Note API activity on a sandbox (for idle_timeout_s). */
 void sandbox_touch(const char *sandbox_id);
 /* Stop sandboxes past idle_timeout_s or max_duration_s (called every second). */

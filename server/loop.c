@@ -432,6 +432,12 @@ static void run_exec_job(loop *l, loop_job *job) {
     job_finish(job, 0, NULL);
     return;
   }
+  if (job->kind == LOOP_JOB_COUNTS) {
+    job->res.out_bytes = s->res.out_bytes;
+    job->res.err_bytes = s->res.err_bytes;
+    job_finish(job, 0, NULL);
+    return;
+  }
   if (job->kind == LOOP_JOB_WAIT) {
     if (s->ended) {
       job_finish(job, 0, NULL);

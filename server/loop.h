@@ -36,6 +36,7 @@ typedef enum {
   LOOP_JOB_WAIT,   /* done when the exec ends or timeout_ms passes (rc 0 both) */
   LOOP_JOB_OUTPUT, /* copy retained output of `stream` from `offset` */
   LOOP_JOB_RELEASE_WAITS, /* answer every pending WAIT now (shutdown) */
+  LOOP_JOB_COUNTS,        /* res.out_bytes/err_bytes of a running exec so far */
 } loop_job_kind;
 
 typedef struct exec_result {
