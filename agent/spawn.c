@@ -106,7 +106,7 @@ void agent_spawn_report_fail(const agent_spawn_report *r, agent_fail *fail) {
   agent_fail_set(fail, stage, r->errnum, path);
 }
 
-/* ---- the child (single-threaded parent, so plain libc is safe here) ---- */
+/* ---- the child, run under vfork: syscalls and stack buffers only ---- */
 
 __attribute__((noreturn)) static void child_fail(int report_fd, int stage, int errnum,
                                                  const char *path) {
@@ -314,7 +314,10 @@ int agent_spawn(const agent_spawn_req *req, agent_spawn_res *res, agent_fail *fa
   }
   f.rep_r = p[0], f.rep_w = p[1];
 
-  pid_t pid = fork();
+  /* vfork: no copy of the agent's page tables, and the agent waits only
+   * until the child has exec'd (as posix_spawn does).  The child touches
+   * nothing shared but errno: stack buffers, syscalls, _exit. */
+  pid_t pid = vfork();
   if (pid < 0) {
     agent_fail_set(fail, "fork", errno, NULL);
     spawn_fds_close(&f);
