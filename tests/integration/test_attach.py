@@ -55,8 +55,9 @@ class Term:
         self.tmux("send-keys", "-t", "t", *keys)
 
     def screen(self):
-        # -J joins wrapped lines; -S - : the whole history too
-        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "t")
+        # -S - : the whole history too; no -J: a long command line that exactly fills a row would otherwise be
+        # joined with the output row after it
+        return self.tmux("capture-pane", "-p", "-S", "-", "-t", "t")
 
     def lines(self):
         lines = [l.rstrip() for l in self.screen().splitlines()]
