@@ -131,8 +131,12 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 class Server:
     """A real sbxd process.  One per test class (see SbxTestCase)."""
 
-    def __init__(self, images_dir=None, data_dir=None, data_parent=None):
+    def __init__(self, images_dir=None, data_dir=None, data_parent=None, extra=(),
+                 host="127.0.0.1"):
+        """extra: more sbxd flags (e.g. ["--retain-bytes", "2097152"]); host: --listen host."""
         _LIVE_SERVERS.append(self)
+        self.extra = list(extra)
+        self.host = host
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="sbxit-", dir=data_parent)
         self.images_dir = images_dir
         self.log_path = os.path.join(tempfile.gettempdir(),
@@ -146,8 +150,8 @@ class Server:
         if not os.path.exists(SBXD):
             raise RuntimeError("no sbxd binary at %s (run make all)" % SBXD)
         self.port = free_port()
-        args = [SBXD, "--listen", "127.0.0.1:%d" % self.port, "--data-dir", self.data_dir,
-                "--log-level", "debug"]
+        args = [SBXD, "--listen", "%s:%d" % (self.host, self.port), "--data-dir", self.data_dir,
+                "--log-level", "debug"] + self.extra
         if self.images_dir:
             args += ["--images-dir", self.images_dir]
         with open(self.log_path, "ab") as log:

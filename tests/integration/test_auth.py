@@ -55,32 +55,9 @@ class AuthServer(Server):
     """sbxd with extra flags; cleanup deletes sandboxes with `admin_key`."""
 
     def __init__(self, extra=(), host="127.0.0.1", **kw):
-        super().__init__(**kw)
-        self.extra = list(extra)
-        self.host = host
+        super().__init__(extra=extra, host=host, **kw)
         self.admin_key = None
 
-    def start(self, timeout=30):
-        self.port = harness.free_port()
-        args = [harness.SBXD, "--listen", "%s:%d" % (self.host, self.port), "--data-dir",
-                self.data_dir, "--log-level", "debug"] + self.extra
-        with open(self.log_path, "ab") as log:
-            log.write(("\n=== test_auth: starting %s\n" % " ".join(args)).encode())
-            log.flush()
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=harness.REPO)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("sbxd exited with %s at start:\n%s"
-                                   % (self.proc.returncode, self.log_tail()))
-            try:
-                if self.request("GET", "/v1/health", timeout=2).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("sbxd not healthy after %ss:\n%s" % (timeout, self.log_tail()))
 
     def delete_all_sandboxes(self):
         if not self.alive():

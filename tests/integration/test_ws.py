@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import time
 import unittest
 
@@ -86,33 +85,11 @@ def parse_bin(frame):
 
 
 class FlagServer(Server):
-    """Server with extra sbxd flags (the harness starts sbxd with fixed ones)."""
+    """A Server whose first argument is its extra sbxd flags."""
 
     def __init__(self, extra, **kw):
-        super().__init__(**kw)
-        self.extra = list(extra)
+        super().__init__(extra=extra, **kw)
 
-    def start(self, timeout=30):
-        self.port = harness.free_port()
-        args = [harness.SBXD, "--listen", "127.0.0.1:%d" % self.port, "--data-dir",
-                self.data_dir, "--log-level", "debug"] + self.extra
-        with open(self.log_path, "ab") as log:
-            log.write(("\n=== test_ws: starting %s\n" % " ".join(args)).encode())
-            log.flush()
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=harness.REPO)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("sbxd exited with %s at start:\n%s"
-                                   % (self.proc.returncode, self.log_tail()))
-            try:
-                if self.request("GET", "/v1/health", timeout=2).status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("sbxd not healthy after %ss:\n%s" % (timeout, self.log_tail()))
 
 
 class WsBase(SbxTestCase):
