@@ -156,7 +156,8 @@ class AttachBase(SbxTestCase):
         """sbx ended with rc and the terminal's modes are restored."""
         # (after a remote exit the remote prompt may still sit on that line)
         self.term.wait_for(r"(^|\s)rc=%d$" % rc, after=after, timeout=timeout)
-        m = self.term.wait_for(r"^MODES:(.*)$", after=after)
+        # the output line, not the typed command (which holds "MODES:$(stty ...")
+        m = self.term.wait_for(r"^MODES:((?:\s*-?[a-z]+)*)\s*$", after=after)
         modes = set(m.group(1).split())
         self.assertEqual(modes, RESTORED, "terminal not restored:\n%s" % self.term.screen())
 
