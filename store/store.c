@@ -308,7 +308,15 @@ static int set_pragma(store *s, const char *sql, const char *expect, sbx_err *er
   int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
   if (rc != SQLITE_OK)
     return store_sql_fail(s, rc, err, sql);
-  rc = sqlite3_step(st);
+  /* Switching to WAL needs an exclusive lock, and SQLite answers BUSY at once
+   * (no busy handler) when it could deadlock with another opener: retry for
+   * as long as the busy timeout. */
+  for (int tries = 0; (rc = sqlite3_step(st)) == SQLITE_BUSY || rc == SQLITE_LOCKED; tries++) {
+    if (tries == 500)
+      break;
+    sqlite3_reset(st);
+    sqlite3_sleep(10);
+  }
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
     return store_sql_fail(s, rc, err, sql);
   if (expect) {
