@@ -51,9 +51,7 @@ static const char sql_end_running[] =
     "UPDATE execs SET state = ?2, ended_at = ?3 WHERE sandbox_id = ?1 AND state = 'running'";
 
 int store_exec_insert(store *s, json_t *exec, sbx_err *err) {
-  cleanup_tx store_tx tx = {0};
-  if (store_tx_begin(s, &tx, err) < 0)
-    return -1;
+  /* one statement: it commits by itself (and waits in the busy handler) */
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_insert, &st, err) < 0 ||
       store_bind_object(s, st, "execs", exec_cols, NCOLS, exec, err) < 0)
@@ -64,7 +62,7 @@ int store_exec_insert(store *s, json_t *exec, sbx_err *err) {
                     json_string_value(json_object_get(exec, "sandbox_id")));
   if (rc != SQLITE_DONE)
     return store_sql_fail(s, rc, err, "insert exec");
-  return store_tx_commit(&tx, err);
+  return 0;
 }
 
 /* The UPDATE names only the columns present in `fields`.  Its text is built
@@ -104,13 +102,11 @@ int store_exec_update(store *s, const char *exec_id, json_t *fields, sbx_err *er
   if (len >= sizeof sql)
     return sbx_fail(err, SBX_E_INTERNAL, 0, "store: exec update too long");
 
-  cleanup_tx store_tx tx = {0};
-  if (store_tx_begin(s, &tx, err) < 0)
+  /* one statement: it commits by itself (and waits in the busy handler) */
+  cleanup_stmt_reset sqlite3_stmt *st = NULL;
+  if (store_prepare_built(s, sql, &st, err) < 0)
     return -1;
-  cleanup_stmt sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "prepare exec update");
+  int rc;
   for (size_t i = 0; i < n; i++)
     if (store_bind_col(s, st, (int)i + 1, set[i], vals[i], err) < 0)
       return -1;
@@ -122,7 +118,7 @@ int store_exec_update(store *s, const char *exec_id, json_t *fields, sbx_err *er
     return store_sql_fail(s, rc, err, "update exec");
   if (sqlite3_changes(s->db) == 0)
     return sbx_fail(err, SBX_E_EXEC_NOT_FOUND, 0, "no exec \"%s\"", exec_id);
-  return store_tx_commit(&tx, err);
+  return 0;
 }
 
 int store_exec_get(store *s, const char *exec_id, json_t **out, sbx_err *err) {

@@ -34,6 +34,31 @@ int store_prepare(store *s, const char *sql, sqlite3_stmt **out, sbx_err *err) {
   return 0;
 }
 
+int store_prepare_built(store *s, const char *sql, sqlite3_stmt **out, sbx_err *err) {
+  size_t n = SBX_ARRAY_LEN(s->built);
+  for (size_t i = 0; i < n; i++)
+    if (s->built[i].sql && strcmp(s->built[i].sql, sql) == 0) {
+      *out = s->built[i].stmt;
+      return 0;
+    }
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+  if (rc != SQLITE_OK)
+    return store_sql_fail(s, rc, err, "prepare");
+  char *copy = strdup(sql);
+  if (!copy) {
+    sqlite3_finalize(st);
+    return sbx_fail(err, SBX_E_INTERNAL, ENOMEM, "store: out of memory");
+  }
+  size_t i = s->nbuilt++ % n;
+  sqlite3_finalize(s->built[i].stmt);
+  free(s->built[i].sql);
+  s->built[i].sql = copy;
+  s->built[i].stmt = st;
+  *out = st;
+  return 0;
+}
+
 void store_stmt_resetp(sqlite3_stmt **st) {
   if (*st) {
     sqlite3_reset(*st);
@@ -366,6 +391,10 @@ void store_close(store *s) {
     return;
   for (size_t i = 0; i < s->ncache; i++)
     sqlite3_finalize(s->cache[i].stmt);
+  for (size_t i = 0; i < SBX_ARRAY_LEN(s->built); i++) {
+    sqlite3_finalize(s->built[i].stmt);
+    free(s->built[i].sql);
+  }
   s->ncache = 0;
   if (s->db) {
     int rc = sqlite3_close(s->db);

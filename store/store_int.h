@@ -29,12 +29,21 @@ struct store {
     sqlite3_stmt *stmt;
   } cache[STORE_STMT_CACHE];
   size_t ncache;
+  struct {
+    char *sql; /* built SQL text (a few shapes recur, e.g. an exec's end) */
+    sqlite3_stmt *stmt;
+  } built[8];
+  size_t nbuilt; /* next slot to replace, round robin */
 };
 
 /* ---- statements ---- */
 /* This connection's prepared statement for a constant SQL string (prepared on
  * first use).  Release it with cleanup_stmt_reset, never finalize it. */
 int store_prepare(store *s, const char *sql, sqlite3_stmt **out, sbx_err *err);
+/* The same for SQL text built at run time (from column tables, never from
+ * input): cached by content in a small round-robin cache.  Release with
+ * cleanup_stmt_reset. */
+int store_prepare_built(store *s, const char *sql, sqlite3_stmt **out, sbx_err *err);
 /* Reset and unbind a cached statement (cleanup for store_prepare results). */
 void store_stmt_resetp(sqlite3_stmt **st);
 #define cleanup_stmt_reset __attribute__((cleanup(store_stmt_resetp)))
