@@ -18,8 +18,7 @@
 #include "server.h"
 
 #define MAX_PENDING 1024
-#define HANDSHAKE_MS 10000
-#define PEEK_MAX 16384 /* whole request heads up to this are awaited here */
+#define PEEK_LIMIT 65536 /* the most --max-header-bytes may be */
 
 typedef struct pending {
   int fd;
@@ -40,22 +39,28 @@ struct listener {
 int listener_port(const listener *l) { return l->port; }
 
 /* Decide where a connection goes.  1: WebSocket side, 0: REST, -1: the
- * request head is not complete yet, -2: hopeless (closed or garbage).  The
- * whole head must arrive within the handshake timeout, so a client that
- * trickles header bytes cannot hold a connection (slowloris). */
+ * request head is not complete yet, -2: hopeless (closed or garbage), -3:
+ * the head is over --max-header-bytes.  The whole head must arrive within
+ * the handshake timeout, so a client that trickles header bytes cannot hold
+ * a connection (slowloris). */
 static int classify(int fd) {
-  static char buf[PEEK_MAX + 1]; /* only the listener thread calls this */
-  ssize_t n = recv(fd, buf, PEEK_MAX, MSG_PEEK | MSG_DONTWAIT);
+  static char buf[PEEK_LIMIT + 2]; /* only the listener thread calls this */
+  size_t max = g_server->cfg.max_header_bytes;
+  /* one byte more than allowed tells "full" from "just fits" */
+  ssize_t n = recv(fd, buf, max + 1, MSG_PEEK | MSG_DONTWAIT);
   if (n == 0)
     return -2;
   if (n < 0)
     return (errno == EAGAIN || errno == EINTR) ? -1 : -2;
   buf[n] = '\0';
-  if (!strstr(buf, "\r\n\r\n") && !strstr(buf, "\n\n") && n < PEEK_MAX)
-    return -1;
+  char *end = strstr(buf, "\r\n\r\n");
+  if (!end)
+    end = strstr(buf, "\n\n");
+  if (!end)
+    return (size_t)n > max ? -3 : -1;
+  if ((size_t)(end - buf) > max)
+    return -3;
   char *eol = memchr(buf, '\n', (size_t)n);
-  if (!eol)
-    return 0; /* an overlong request line: let MHD answer it */
   *eol = '\0';
   char *sp = strchr(buf, ' ');
   if (!sp)
@@ -133,22 +138,22 @@ void listener_conn_closed(const struct sockaddr *sa) {
   pthread_mutex_unlock(&conns_mu);
 }
 
-/* Over a cap: a canned 503 capacity (the head was peeked, not read: read it
- * off first so the close does not reset the reply away). */
-static void refuse_capacity(int fd) {
-  static const char body[] = "{\"error\":{\"kind\":\"capacity\",\"message\":\"too many connections "
-                             "(--max-conns, --max-conns-per-ip); retry later\"}}";
-  char resp[512], id[40], sink[4096];
+/* A canned error reply before any HTTP machinery (the head was peeked, not
+ * read: read it off first so the close does not reset the reply away). */
+static void refuse(int fd, int status, const char *reason, const char *kind, const char *message) {
+  char body[256], resp[768], id[40], sink[4096];
+  int bn = snprintf(body, sizeof body, "{\"error\":{\"kind\":\"%s\",\"message\":\"%s\"}}", kind,
+                    message);
   sbx_new_id("req_", id, sizeof id);
   int n = snprintf(resp, sizeof resp,
-                   "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                   "Content-Length: %zu\r\nRetry-After: 1\r\nX-Request-Id: %s\r\n"
+                   "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\n%sX-Request-Id: %s\r\n"
                    "Connection: close\r\n\r\n%s",
-                   sizeof body - 1, id, body);
+                   status, reason, bn, status == 503 ? "Retry-After: 1\r\n" : "", id, body);
   while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
     ;
   if (send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
-    log_debug("capacity refusal not fully sent");
+    log_debug("refusal (%d) not fully sent", status);
   shutdown(fd, SHUT_WR);
   close(fd);
 }
@@ -164,6 +169,11 @@ static void dispatch(listener *l, int i) {
   struct sockaddr_storage addr = p->addr;
   socklen_t addrlen = p->addrlen;
   l->pend[i] = l->pend[--l->npend];
+  if (where == -3) {
+    refuse(fd, 413, "Content Too Large", "payload_too_large",
+           "the request head is over --max-header-bytes");
+    return;
+  }
   if (where < 0) {
     close(fd);
     return;
@@ -181,7 +191,8 @@ static void dispatch(listener *l, int i) {
     return;
   }
   if (!conn_admit((struct sockaddr *)&addr)) {
-    refuse_capacity(fd);
+    refuse(fd, 503, "Service Unavailable", "capacity",
+           "too many connections (--max-conns, --max-conns-per-ip); retry later");
     return;
   }
   if (MHD_add_connection(g_server->mhd, fd, (struct sockaddr *)&addr, addrlen) != MHD_YES) {
@@ -219,7 +230,7 @@ static void *listener_main(void *arg) {
           close(p.fd); /* admission control: refuse before allocating anything */
           continue;
         }
-        p.deadline_ms = sbx_mono_ms() + HANDSHAKE_MS;
+        p.deadline_ms = sbx_mono_ms() + (int64_t)g_server->cfg.handshake_timeout_s * 1000;
         l->pend[l->npend++] = p;
         dispatch(l, l->npend - 1); /* the request line is often there already */
       }

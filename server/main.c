@@ -38,6 +38,9 @@ static void usage(FILE *f) {
           "  --max-sandboxes N    sandboxes per server (default 1000)\n"
           "  --max-execs N        running execs per sandbox (default 1024)\n"
           "  --max-conns N        REST connections at once (default 4096)\n"
+          "  --max-header-bytes N request line + headers, larger is a 413 (default 16384, 1024..65536)\n"
+          "  --handshake-timeout-s N  the whole request head must arrive within N s (default 10)\n"
+          "  --idle-timeout-s N   close REST connections idle this long (default 60)\n"
           "  --max-conns-per-ip N REST connections at once per client address (default 512)\n"
           "  --insecure           serve every client without API keys (else: loopback only)\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
@@ -81,7 +84,7 @@ static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
 static int parse_args(int argc, char **argv, sbx_config *c) {
   enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP,
          O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN, O_RATE, O_MAXSB, O_MAXEX, O_INSECURE,
-         O_MAXCONN, O_MAXCONNIP };
+         O_MAXCONN, O_MAXCONNIP, O_MAXHDR, O_HSTIMEOUT, O_IDLE };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
       {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
@@ -94,6 +97,9 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       {"max-execs", required_argument, 0, O_MAXEX}, {"insecure", no_argument, 0, O_INSECURE},
       {"max-conns", required_argument, 0, O_MAXCONN},
       {"max-conns-per-ip", required_argument, 0, O_MAXCONNIP},
+      {"max-header-bytes", required_argument, 0, O_MAXHDR},
+      {"handshake-timeout-s", required_argument, 0, O_HSTIMEOUT},
+      {"idle-timeout-s", required_argument, 0, O_IDLE},
       {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
   const char *data = "./var", *images = NULL, *agent = NULL;
   snprintf(c->host, sizeof c->host, "127.0.0.1");
@@ -109,6 +115,9 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   c->max_execs = 1024;
   c->max_conns = 4096;
   c->max_conns_per_ip = 512;
+  c->max_header_bytes = 16384;
+  c->handshake_timeout_s = 10;
+  c->idle_timeout_s = 60;
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -174,6 +183,19 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       break;
     }
     case O_INSECURE: c->insecure = true; break;
+    case O_MAXHDR:
+    case O_HSTIMEOUT:
+    case O_IDLE: {
+      long v = strtol(optarg, &end, 10);
+      long lo = o == O_MAXHDR ? 1024 : 1, hi = o == O_MAXHDR ? 65536 : 3600;
+      if (*end || v < lo || v > hi)
+        return fprintf(stderr, "sbxd: %s wants %ld..%ld\n", argv[optind - 1], lo, hi), -1;
+      if (o == O_MAXHDR)
+        c->max_header_bytes = (size_t)v;
+      else
+        *(o == O_HSTIMEOUT ? &c->handshake_timeout_s : &c->idle_timeout_s) = (int)v;
+      break;
+    }
     case O_LOG:
       if (sbx_log_parse_level(optarg, &sbx_log_threshold) < 0)
         return fprintf(stderr, "sbxd: unknown --log-level '%s'\n", optarg), -1;
@@ -303,7 +325,8 @@ int main(int argc, char **argv) {
           MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC,
       0, NULL, NULL, http_access, NULL, MHD_OPTION_THREAD_POOL_SIZE,
       (unsigned)server.cfg.http_threads, MHD_OPTION_NOTIFY_COMPLETED, http_completed, NULL,
-      MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)server.cfg.idle_timeout_s,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)128 * 1024,
       MHD_OPTION_NOTIFY_CONNECTION, conn_notify, NULL,
       MHD_OPTION_END);
   if (!server.mhd) {

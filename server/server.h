@@ -36,7 +36,10 @@ typedef struct sbx_config {
   bool insecure;      /* allow a non-loopback listen address without keys */
   int max_sandboxes;  /* sandboxes per server (503 capacity beyond) */
   int max_execs;      /* running execs per sandbox (503 capacity beyond) */
-  int max_conns, max_conns_per_ip; /* REST connections (libmicrohttpd closes the excess) */
+  int max_conns, max_conns_per_ip; /* REST connections (503 capacity beyond) */
+  size_t max_header_bytes;  /* request line + headers; larger is a 413 */
+  int handshake_timeout_s;  /* the whole request head must arrive within this */
+  int idle_timeout_s;       /* an idle REST connection is closed after this */
 } sbx_config;
 
 struct loop;

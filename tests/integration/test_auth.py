@@ -933,3 +933,50 @@ class TestCapacity(AuthCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestHeadLimits(AuthCase):
+    """--max-header-bytes 2048 and --handshake-timeout-s 2: an over-long
+    request head is a 413 payload_too_large from the listener, before any
+    HTTP machinery; a head that does not arrive whole in time is closed."""
+
+    EXTRA = ["--max-header-bytes", "2048", "--handshake-timeout-s", "2"]
+
+    def raw(self, head, timeout=10):
+        s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=timeout)
+        try:
+            s.sendall(head)
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except (ConnectionResetError, socket.timeout):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            return data
+        finally:
+            s.close()
+
+    def test_header_over_limit_is_413(self):
+        head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
+        data = self.raw(head)
+        self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:200])
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(body["error"]["kind"], "payload_too_large")
+        self.assertIn("max-header-bytes", body["error"]["message"])
+
+    def test_header_under_limit_is_served(self):
+        head = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 1500 + \
+               b"\r\nConnection: close\r\n\r\n"
+        data = self.raw(head)
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
+
+    def test_partial_head_closed_after_handshake_timeout(self):
+        t0 = time.time()
+        data = self.raw(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n", timeout=15)
+        dt = time.time() - t0
+        self.assertEqual(data, b"")
+        self.assertGreater(dt, 1.5)
+        self.assertLess(dt, 6, "a partial head held the connection %.1fs" % dt)
