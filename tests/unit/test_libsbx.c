@@ -5,6 +5,7 @@
  * SBX_REQUIRE_STREAMING=1 to make that a failure). */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -945,6 +946,91 @@ END_TEST
 
 /* ---- server ------------------------------------------------------------------------------ */
 
+
+/* ---- auth and limits: a second sbxd with a key, --rate and --max-sandboxes ---------- */
+
+/* Run `sbxd keys create` on dir; the key (one line) into key. */
+static void make_key(const char *dir, const char *scope, char *key, size_t keysz) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s/sbxd keys create --scope %s --data-dir %s 2>/dev/null", build_dir,
+           scope, dir);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  ck_assert_ptr_nonnull(fgets(key, (int)keysz, p));
+  key[strcspn(key, "\n")] = 0;
+  ck_assert_int_eq(pclose(p), 0);
+}
+
+START_TEST(test_auth_rate_capacity_errors) {
+  char dir[] = "/tmp/sbx-libsbx-auth-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char admin[128], reader[128];
+  make_key(dir, "admin", admin, sizeof admin);
+  make_key(dir, "read", reader, sizeof reader);
+  int port = free_port();
+  char u[64], listen_at[64], bin[600];
+  snprintf(u, sizeof u, "http://127.0.0.1:%d", port);
+  snprintf(listen_at, sizeof listen_at, "127.0.0.1:%d", port);
+  snprintf(bin, sizeof bin, "%s/sbxd", build_dir);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl(bin, bin, "--listen", listen_at, "--data-dir", dir, "--rate", "3", "--max-sandboxes",
+          "1", (char *)NULL);
+    _exit(127);
+  }
+  sbx_error e;
+  sbx_client *anon = sbx_client_new(u, NULL, &e), *ro = sbx_client_new(u, reader, &e),
+             *adm = sbx_client_new(u, admin, &e);
+  int up = -1;
+  for (int i = 0; i < 100 && up != 0; i++, usleep(50000))
+    up = sbx_health(anon, &e);
+  ck_assert_int_eq(up, 0);
+  /* no key, a key without the scope */
+  ck_assert_ptr_null(sbx_sandbox_get(anon, "x", &e));
+  ck_assert_int_eq(e.kind, SBX_ERR_UNAUTHORIZED);
+  ck_assert_int_eq(e.http_status, 401);
+  sbx_create_opts o = {.name = "auth-a"};
+  ck_assert_ptr_null(sbx_sandbox_create(ro, &o, &e));
+  ck_assert_int_eq(e.kind, SBX_ERR_FORBIDDEN);
+  ck_assert_int_eq(e.http_status, 403);
+  usleep(1100 * 1000); /* let the buckets fill again */
+  /* --max-sandboxes 1: the second is a capacity error with Retry-After */
+  sbx_sandbox *a = sbx_sandbox_create(adm, &o, &e);
+  ck_assert_msg(a != NULL, "create: %s", e.message);
+  sbx_create_opts o2 = {.name = "auth-b"};
+  ck_assert_ptr_null(sbx_sandbox_create(adm, &o2, &e));
+  ck_assert_int_eq(e.kind, SBX_ERR_CAPACITY);
+  ck_assert_int_eq(e.retry_after_s, 1);
+  /* --rate 3 (burst 6): a quick burst runs out */
+  int limited = 0;
+  for (int i = 0; i < 20 && !limited; i++) {
+    sbx_sandbox *g = sbx_sandbox_get(ro, "auth-a", &e);
+    if (g)
+      sbx_sandbox_free(g);
+    else
+      limited = e.kind == SBX_ERR_RATE_LIMITED;
+  }
+  ck_assert_msg(limited, "20 quick calls never hit --rate 3");
+  ck_assert_int_eq(e.http_status, 429);
+  ck_assert_int_ge(e.retry_after_s, 1);
+  usleep(1100 * 1000);
+  ck_assert_int_eq(sbx_sandbox_remove(adm, sbx_sandbox_id(a), &e), 0);
+  sbx_sandbox_free(a);
+  sbx_client_free(anon);
+  sbx_client_free(ro);
+  sbx_client_free(adm);
+  kill(pid, SIGTERM);
+  int st;
+  waitpid(pid, &st, 0);
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "rm -rf --one-file-system %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 static int start_server(void) {
   const char *b = getenv("BUILD");
   if (b && *b)
@@ -1045,6 +1131,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, test_stream_detach_attach);
   tcase_add_test(tc, test_stream_tty_resize_and_large);
   tcase_add_test(tc, test_readme_example);
+  tcase_add_test(tc, test_auth_rate_capacity_errors);
   suite_add_tcase(s, tc);
   return s;
 }
