@@ -136,6 +136,10 @@ int store_exec_get(store *s, const char *exec_id, json_t **out, sbx_err *err) {
   return store_row_json(st, "execs", exec_cols, NCOLS, out, err);
 }
 
+static int exec_row(sqlite3_stmt *st, json_t **out, sbx_err *err) {
+  return store_row_json(st, "execs", exec_cols, NCOLS, out, err);
+}
+
 int store_exec_list(store *s, const char *sandbox_id, const char *state, int limit,
                     const char *cursor, json_t **out, char **next_cursor, sbx_err *err) {
   int64_t before = INT64_MAX;
@@ -155,31 +159,8 @@ int store_exec_list(store *s, const char *sandbox_id, const char *state, int lim
     rc = sqlite3_bind_int(st, 4, limit + 1);
   if (rc != SQLITE_OK)
     return store_sql_fail(s, rc, err, "bind");
-  json_auto_t *arr = json_array();
-  if (!arr)
-    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-  int64_t last = 0;
-  bool more = false;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if ((int)json_array_size(arr) == limit) {
-      more = true;
-      break;
-    }
-    json_t *obj = NULL;
-    if (store_row_json(st, "execs", exec_cols, NCOLS, &obj, err) < 0)
-      return -1;
-    if (json_array_append_new(arr, obj) < 0)
-      return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-    last = sqlite3_column_int64(st, (int)NCOLS);
-  }
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    return store_sql_fail(s, rc, err, "list execs");
-  char *next = NULL;
-  if (more && !(next = store_cursor_make(last)))
-    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-  *out = steal_pointer(&arr);
-  *next_cursor = next;
-  return 0;
+  return store_collect_page(s, st, limit, (int)NCOLS, exec_row, "list execs", out, next_cursor,
+                            err);
 }
 
 int store_exec_end_running(store *s, const char *sandbox_id, const char *state, sbx_err *err) {

@@ -143,31 +143,8 @@ int store_sandbox_list(store *s, const char *state, json_t *labels, int limit, c
     rc = sqlite3_bind_int(st, 4, limit + 1);
   if (rc != SQLITE_OK)
     return store_sql_fail(s, rc, err, "bind");
-  json_auto_t *arr = json_array();
-  if (!arr)
-    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-  int64_t last = 0;
-  bool more = false;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if ((int)json_array_size(arr) == limit) {
-      more = true;
-      break;
-    }
-    json_t *obj = NULL;
-    if (sandbox_row(st, &obj, err) < 0)
-      return -1;
-    if (json_array_append_new(arr, obj) < 0)
-      return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-    last = sqlite3_column_int64(st, (int)NCOLS);
-  }
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    return store_sql_fail(s, rc, err, "list sandboxes");
-  char *next = NULL;
-  if (more && !(next = store_cursor_make(last)))
-    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
-  *out = steal_pointer(&arr);
-  *next_cursor = next;
-  return 0;
+  return store_collect_page(s, st, limit, (int)NCOLS, sandbox_row, "list sandboxes", out,
+                            next_cursor, err);
 }
 
 int store_sandbox_set_state(store *s, const char *id, const char *state, const char *error,

@@ -475,3 +475,33 @@ void store_global_shutdown(void) {
   }
   store_close(s);
 }
+
+int store_collect_page(store *s, sqlite3_stmt *st, int limit, int seq_col, store_row_fn row,
+                       const char *what, json_t **out, char **next_cursor, sbx_err *err) {
+  json_auto_t *arr = json_array();
+  if (!arr)
+    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
+  int64_t last = 0;
+  bool more = false;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((int)json_array_size(arr) == limit) {
+      more = true; /* the extra row: another page exists */
+      break;
+    }
+    json_t *obj = NULL;
+    if (row(st, &obj, err) < 0)
+      return -1;
+    if (json_array_append_new(arr, obj) < 0)
+      return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
+    last = sqlite3_column_int64(st, seq_col);
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return store_sql_fail(s, rc, err, what);
+  char *next = NULL;
+  if (more && !(next = store_cursor_make(last)))
+    return sbx_fail(err, SBX_E_INTERNAL, 0, "store: out of memory");
+  *out = steal_pointer(&arr);
+  *next_cursor = next;
+  return 0;
+}

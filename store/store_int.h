@@ -114,6 +114,12 @@ int store_check_limit(int limit, sbx_err *err);
 int store_cursor_parse(const char *cursor, int64_t *seq, sbx_err *err);
 /* malloc'd cursor text for seq, or NULL on OOM. */
 char *store_cursor_make(int64_t seq);
+/* Step a bound list statement (selecting limit + 1 rows, the paging seq in
+ * column seq_col) into *out, a JSON array of at most limit objects made by
+ * row(); *next_cursor is the cursor of the next page, or NULL. */
+typedef int (*store_row_fn)(sqlite3_stmt *st, json_t **out, sbx_err *err);
+int store_collect_page(store *s, sqlite3_stmt *st, int limit, int seq_col, store_row_fn row,
+                       const char *what, json_t **out, char **next_cursor, sbx_err *err);
 
 /* ---- migrations (migrations.c) ---- */
 /* Bring the schema up to date: each numbered migration runs in its own
