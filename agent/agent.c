@@ -131,9 +131,22 @@ struct agent_session {
   agent_session *next;
 };
 
+/* A virtio-serial port (vm.c): path, and the fd while not handed to a
+ * connection. */
+typedef struct agent_port {
+  const char *path;
+  int fd;
+} agent_port;
+
 typedef struct agent {
   int listen_fd;
   int sig_fd;
+  agent_port port;       /* --port: the gateway's connection, one at a time */
+  agent_conn *port_conn; /* the connection that owns port's fd now */
+  agent_port ctl;        /* --ctl-port: "poweroff" lines from the driver */
+  char ctl_line[64];
+  size_t ctl_len;
+  bool poweroff;
   const char *passwd_path;
   const char *group_path;
   agent_conn *conns;
@@ -1018,6 +1031,25 @@ static void conn_on_readable(agent *a, agent_conn *c) {
   }
 }
 
+/* Wrap a connected fd; NULL (fd closed) when out of memory. */
+static agent_conn *conn_add(agent *a, int fd) {
+  agent_conn *c = calloc(1, sizeof *c);
+  if (!c || !(c->dec = sbx_decoder_new())) {
+    free(c);
+    close(fd);
+    log_error("out of memory accepting a connection");
+    return NULL;
+  }
+  c->fd = fd;
+  c->serial = ++a->next_serial;
+  c->next = a->conns;
+  a->conns = c;
+  a->nconns++;
+  log_info("conn=%u accepted", c->serial);
+  send_hello(a, c);
+  return c;
+}
+
 static void on_accept(agent *a) {
   for (;;) {
     int fd = accept4(a->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1031,20 +1063,46 @@ static void on_accept(agent *a) {
       close(fd);
       continue;
     }
-    agent_conn *c = calloc(1, sizeof *c);
-    if (!c || !(c->dec = sbx_decoder_new())) {
-      free(c);
-      close(fd);
-      log_error("out of memory accepting a connection");
+    if (!conn_add(a, fd))
       return;
+  }
+}
+
+/* The port's host side: hand the port to a new connection once a host client
+ * is there (the connection owns the fd; sweep reopens the port after it). */
+static void port_service(agent *a) {
+  if (!a->port.path || a->port_conn)
+    return;
+  if (a->port.fd < 0 && (a->port.fd = agent_port_open(a->port.path)) < 0) {
+    log_error("open %s: %s", a->port.path, strerror(errno));
+    return;
+  }
+  if (!agent_port_host_connected(a->port.fd))
+    return;
+  a->port_conn = conn_add(a, a->port.fd);
+  a->port.fd = -1;
+}
+
+/* A line on the control port; "poweroff" is the only command. */
+static void on_ctl(agent *a) {
+  char buf[64];
+  ssize_t n;
+  while ((n = read(a->ctl.fd, buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n; i++) {
+      if (buf[i] != '\n') {
+        if (a->ctl_len < sizeof a->ctl_line - 1)
+          a->ctl_line[a->ctl_len++] = buf[i];
+        continue;
+      }
+      a->ctl_line[a->ctl_len] = 0;
+      a->ctl_len = 0;
+      if (strcmp(a->ctl_line, "poweroff") == 0) {
+        log_info("control port: powering off");
+        a->stopping = a->poweroff = true;
+      } else {
+        log_warn("control port: unknown command \"%.32s\"", a->ctl_line);
+      }
     }
-    c->fd = fd;
-    c->serial = ++a->next_serial;
-    c->next = a->conns;
-    a->conns = c;
-    a->nconns++;
-    log_info("conn=%u accepted", c->serial);
-    send_hello(a, c);
   }
 }
 
@@ -1113,6 +1171,8 @@ static void sweep(agent *a) {
     }
     *pc = c->next;
     a->nconns--;
+    if (c == a->port_conn)
+      a->port_conn = NULL;
     close(c->fd);
     sbx_decoder_free(c->dec);
     free(c->out.buf);
@@ -1132,7 +1192,7 @@ static void sweep(agent *a) {
 
 /* ---- the loop ---- */
 
-typedef enum { EV_LISTEN, EV_SIGNAL, EV_CONN, EV_REPORT, EV_OUT, EV_ERR, EV_IN } ev_kind;
+typedef enum { EV_LISTEN, EV_SIGNAL, EV_CTL, EV_CONN, EV_REPORT, EV_OUT, EV_ERR, EV_IN } ev_kind;
 typedef struct ev_ref {
   ev_kind kind;
   void *ptr;
@@ -1163,8 +1223,9 @@ static int loop_once(agent *a) {
   int64_t now = sbx_mono_ms();
   run_timers(a, now);
   sweep(a); /* grace expiry may have sent frames; nothing to free yet, but cheap */
+  port_service(a);
 
-  size_t cap = 2 + a->nconns + a->nsessions * 4;
+  size_t cap = 3 + a->nconns + a->nsessions * 4;
   cleanup_free struct pollfd *pfd = calloc(cap, sizeof *pfd);
   cleanup_free ev_ref *refs = calloc(cap, sizeof *refs);
   if (!pfd || !refs) {
@@ -1182,6 +1243,9 @@ static int loop_once(agent *a) {
   } while (0)
   ADD(a->listen_fd, a->nconns < AGENT_MAX_CONNS ? POLLIN : 0, EV_LISTEN, NULL);
   ADD(a->sig_fd, POLLIN, EV_SIGNAL, NULL);
+  bool ctl_up = a->ctl.fd >= 0 && agent_port_host_connected(a->ctl.fd);
+  if (ctl_up)
+    ADD(a->ctl.fd, POLLIN, EV_CTL, NULL);
   for (agent_conn *c = a->conns; c; c = c->next) {
     short ev = c->out.len < AGENT_OUTQ_PAUSE ? POLLIN : 0;
     if (c->out.len)
@@ -1189,6 +1253,10 @@ static int loop_once(agent *a) {
     ADD(c->fd, ev, EV_CONN, c);
   }
   int timeout = 60000;
+  /* a port with no host client cannot be polled (it reports POLLHUP at once):
+   * SIGIO wakes us when one connects; look again every second anyway */
+  if ((a->port.path && !a->port_conn) || (a->ctl.fd >= 0 && !ctl_up))
+    timeout = 1000;
   for (agent_session *s = a->sessions; s; s = s->next) {
     if (s->state == SS_ENDED)
       continue;
@@ -1240,6 +1308,9 @@ static int loop_once(agent *a) {
       break;
     case EV_SIGNAL:
       on_signal(a);
+      break;
+    case EV_CTL:
+      on_ctl(a);
       break;
     case EV_CONN: {
       agent_conn *c = refs[i].ptr;
@@ -1319,8 +1390,12 @@ static int listen_on(const char *path) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: sbx-agent (--listen-fd N | --listen PATH) [--passwd PATH] [--group PATH]\n"
-             "                 [--log-level error|warn|info|debug]\n");
+  fprintf(f, "usage: sbx-agent (--listen-fd N | --listen PATH | --port DEV [--ctl-port DEV])\n"
+             "                 [--vm-root DIR] [--passwd PATH] [--group PATH]\n"
+             "                 [--log-level error|warn|info|debug]\n"
+             "  --port DEV      serve one gateway connection at a time on a virtio-serial port\n"
+             "  --ctl-port DEV  read \"poweroff\" lines from a second port\n"
+             "  --vm-root DIR   first move DIR's mount over / and chroot into it\n");
 }
 
 int main(int argc, char **argv) {
@@ -1332,9 +1407,12 @@ int main(int argc, char **argv) {
       {"listen-fd", required_argument, NULL, 'f'}, {"listen", required_argument, NULL, 'l'},
       {"passwd", required_argument, NULL, 'p'},    {"group", required_argument, NULL, 'g'},
       {"log-level", required_argument, NULL, 'L'}, {"help", no_argument, NULL, 'h'},
+      {"port", required_argument, NULL, 'P'},      {"ctl-port", required_argument, NULL, 'C'},
+      {"vm-root", required_argument, NULL, 'R'},
       {NULL, 0, NULL, 0}};
   agent a = {.listen_fd = -1, .sig_fd = -1, .passwd_path = "/etc/passwd",
-             .group_path = "/etc/group"};
+             .group_path = "/etc/group", .port.fd = -1, .ctl.fd = -1};
+  const char *vm_root = NULL;
   const char *listen_path = NULL;
   int listen_fd = -1;
   int opt;
@@ -1351,6 +1429,9 @@ int main(int argc, char **argv) {
       break;
     }
     case 'l': listen_path = optarg; break;
+    case 'P': a.port.path = optarg; break;
+    case 'C': a.ctl.path = optarg; break;
+    case 'R': vm_root = optarg; break;
     case 'p': a.passwd_path = optarg; break;
     case 'g': a.group_path = optarg; break;
     case 'L':
@@ -1363,7 +1444,8 @@ int main(int argc, char **argv) {
     default: usage(stderr); return 2;
     }
   }
-  if ((listen_fd < 0) == (listen_path == NULL) || optind != argc) {
+  if ((listen_fd >= 0) + (listen_path != NULL) + (a.port.path != NULL) != 1 ||
+      (a.ctl.path && !a.port.path) || optind != argc) {
     usage(stderr);
     return 2;
   }
@@ -1382,13 +1464,24 @@ int main(int argc, char **argv) {
   sigaddset(&mask, SIGCHLD);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGIO); /* a port's host side came or went: only wakes the loop */
   sigprocmask(SIG_BLOCK, &mask, NULL);
   a.sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   if (a.sig_fd < 0) {
     log_error("signalfd: %s", strerror(errno));
     return 1;
   }
-  if (listen_path) {
+  if (vm_root && agent_vm_enter_root(vm_root) < 0) {
+    log_error("enter root %s: %s", vm_root, strerror(errno));
+    return 1;
+  }
+  if (a.port.path) {
+    if ((a.port.fd = agent_port_open(a.port.path)) < 0 ||
+        (a.ctl.path && (a.ctl.fd = agent_port_open(a.ctl.path)) < 0)) {
+      log_error("open port %s: %s", a.port.fd < 0 ? a.port.path : a.ctl.path, strerror(errno));
+      return 1;
+    }
+  } else if (listen_path) {
     a.listen_fd = listen_on(listen_path);
     if (a.listen_fd < 0)
       return 1;
@@ -1399,7 +1492,9 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  if (listen_path)
+  if (a.port.path)
+    log_info("%s pid=%d serving port %s", AGENT_NAME, (int)getpid(), a.port.path);
+  else if (listen_path)
     log_info("%s pid=%d listening on %s", AGENT_NAME, (int)getpid(), listen_path);
   else
     log_info("%s pid=%d listening on fd %d", AGENT_NAME, (int)getpid(), listen_fd);
@@ -1419,5 +1514,7 @@ int main(int argc, char **argv) {
   }
   if (listen_path)
     unlink(listen_path);
+  if (a.poweroff)
+    agent_vm_poweroff();
   return 0;
 }

@@ -76,4 +76,24 @@ int agent_spawn(const agent_spawn_req *req, agent_spawn_res *res, agent_fail *fa
 /* Turn a child's report into a failure. */
 void agent_spawn_report_fail(const agent_spawn_report *r, agent_fail *fail);
 
+/* ---- inside a microVM (vm.c) ----
+ * In the vm driver the agent is the guest's PID 1 (started by the
+ * initramfs's /init) and talks to sbxd over virtio-serial ports instead of
+ * a listening socket.  A port carries one host connection at a time: while
+ * no host client is connected, read() returns 0 and poll() reports POLLHUP
+ * at once, so a port is only polled while its host side is connected; the
+ * kernel sends SIGIO (F_SETSIG) when that changes. */
+
+/* Make dir the root: move its mount over / and chroot into it (what
+ * switch_root does, minus deleting the initramfs).  -1 with errno. */
+int agent_vm_enter_root(const char *dir);
+/* Open a virtio-serial port device non-blocking, asking for SIGIO when its
+ * host side connects or disconnects.  The fd, or -1 with errno. */
+int agent_port_open(const char *path);
+/* True while the host side of the port has a client connected. */
+bool agent_port_host_connected(int fd);
+/* Flush the disks and power the guest off (QEMU then exits).  Returns only
+ * on failure. */
+void agent_vm_poweroff(void);
+
 #endif

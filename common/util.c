@@ -79,6 +79,11 @@ int64_t sbx_mono_ns(void) {
 
 int64_t sbx_mono_ms(void) { return sbx_mono_ns() / 1000000; }
 
+void sbx_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
 void sbx_rfc3339(int64_t ms, char *out, size_t outsz) {
   time_t secs = (time_t)(ms / 1000);
   struct tm tm;

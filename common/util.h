@@ -54,6 +54,8 @@ void sbx_new_id(const char *prefix, char *out, size_t outsz);
 int64_t sbx_now_ms(void);
 /* Monotonic clock in milliseconds / nanoseconds. */
 int64_t sbx_mono_ms(void);
+/* Sleep ms milliseconds (EINTR cuts it short). */
+void sbx_sleep_ms(int ms);
 int64_t sbx_mono_ns(void);
 /* Formats ms-since-epoch as RFC 3339 UTC with milliseconds: "2026-11-30T19:56:20.123Z".
  * out must hold at least 25 bytes. */

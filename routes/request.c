@@ -301,12 +301,13 @@ json_t *sandbox_request_parse(json_t *body, const char *id, int64_t now_ms, bool
       want_int(v, "max_duration_s", 0, INT32_MAX, &maxdur, err) < 0)
     return NULL;
 
+  const char *drv = "ns";
   if ((v = opt(body, "driver"))) {
-    const char *drv;
     if (want_str(v, "driver", &drv, err) < 0)
       return NULL;
-    if (strcmp(drv, "ns") != 0) {
-      sbx_fail_field(err, "driver", "\"driver\" must be \"ns\" (the only driver available)");
+    if (strcmp(drv, "ns") != 0 && strcmp(drv, "vm") != 0) {
+      sbx_fail_field(err, "driver", "\"driver\" must be \"ns\" (namespaces) or \"vm\" (a "
+                                    "QEMU microVM)");
       return NULL;
     }
   }
@@ -317,11 +318,12 @@ json_t *sandbox_request_parse(json_t *body, const char *id, int64_t now_ms, bool
 
   char created[32];
   sbx_rfc3339(now_ms, created, sizeof created);
-  json_t *sb = json_pack("{s:s,s:s,s:s,s:s,s:O,s:s,s:s,s:O,s:s,s:O,s:I,s:I,s:s,s:s,s:n,s:n}",
+  json_t *sb = json_pack("{s:s,s:s,s:s,s:s,s:O,s:s,s:s,s:O,s:s,s:O,s:I,s:I,s:s,s:n,s:s,s:n,s:n}",
                          "id", id, "name", name, "state", "creating", "image", image, "env",
                          env, "workdir", workdir, "shell", shell, "limits", limits, "network",
                          "none", "labels", labels, "idle_timeout_s", (json_int_t)idle,
-                         "max_duration_s", (json_int_t)maxdur, "driver", "ns", "created_at",
+                         "max_duration_s", (json_int_t)maxdur, "driver", drv, "accelerator",
+                         "created_at",
                          created, "started_at", "stopped_at");
   if (!sb) {
     sbx_fail(err, SBX_E_INTERNAL, 0, "out of memory");

@@ -11,6 +11,7 @@ const route routes_table[] = {
     {"POST", "/v1/sandboxes", route_sandbox_create, BODY_JSON, SCOPE_ADMIN},
     {"GET", "/v1/sandboxes/{}", route_sandbox_get, BODY_NONE, SCOPE_READ},
     {"DELETE", "/v1/sandboxes/{}", route_sandbox_delete, BODY_NONE, SCOPE_ADMIN},
+    {"GET", "/v1/sandboxes/{}/logs", route_sandbox_logs, BODY_NONE, SCOPE_READ},
     {"POST", "/v1/sandboxes/{}/stop", route_sandbox_stop, BODY_NONE, SCOPE_ADMIN},
     {"POST", "/v1/sandboxes/{}/start", route_sandbox_start, BODY_NONE, SCOPE_ADMIN},
     {"POST", "/v1/sandboxes/{}/exec", route_exec, BODY_JSON, SCOPE_EXEC},

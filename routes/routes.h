@@ -36,6 +36,7 @@ enum MHD_Result route_web_file(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_create(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_list(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_get(http_req *r, json_t *body);
+enum MHD_Result route_sandbox_logs(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_delete(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_stop(http_req *r, json_t *body);
 enum MHD_Result route_sandbox_start(http_req *r, json_t *body);

@@ -5,7 +5,12 @@
  * interleave with a start of the same sandbox.  They run in the MHD worker
  * thread: the driver calls block for milliseconds, and linking to the agent
  * is a short loop_call. */
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -13,10 +18,13 @@
 #include "../common/util.h"
 #include "../server/server.h"
 #include "../store/store.h"
+#include "../vmm/vm.h"
 #include "request.h"
 #include "routes.h"
 
 #define STRIPES 64
+#define LOGS_TAIL_DEFAULT (64 * 1024)
+#define LOGS_TAIL_MAX (16 * 1024 * 1024)
 static pthread_mutex_t stripes[STRIPES] = {[0 ... STRIPES - 1] = PTHREAD_MUTEX_INITIALIZER};
 
 static pthread_mutex_t *stripe(const char *id) {
@@ -58,7 +66,7 @@ static int sandbox_stop_locked(store *st, json_t *sb, sbx_err *err) {
   sbx_sandbox_spec spec;
   server_sandbox_spec(sb, &spec);
   store_sandbox_set_state(st, sb_id(sb), "stopping", NULL, NULL);
-  int rc = g_server->driver->stop(&spec, err);
+  int rc = server_driver(sb)->stop(&spec, err);
   link_job(sb, LOOP_JOB_UNLINK, NULL);
   store_exec_end_running(st, sb_id(sb), "killed", NULL);
   if (rc < 0) {
@@ -74,9 +82,9 @@ static int sandbox_start_locked(store *st, json_t *sb, sbx_err *err) {
   sbx_sandbox_spec spec;
   server_sandbox_spec(sb, &spec);
   pid_t pid;
-  if (g_server->driver->start(&spec, &pid, err) < 0 || link_job(sb, LOOP_JOB_LINK, err) < 0) {
+  if (server_driver(sb)->start(&spec, &pid, err) < 0 || link_job(sb, LOOP_JOB_LINK, err) < 0) {
     sbx_err ignored;
-    g_server->driver->stop(&spec, &ignored);
+    server_driver(sb)->stop(&spec, &ignored);
     link_job(sb, LOOP_JOB_UNLINK, NULL);
     store_sandbox_set_state(st, sb_id(sb), "failed", err->msg, NULL);
     log_error("sandbox=%s start failed: %s", sb_id(sb), err->msg);
@@ -89,7 +97,7 @@ static int sandbox_start_locked(store *st, json_t *sb, sbx_err *err) {
 static int sandbox_remove_locked(store *st, json_t *sb, sbx_err *err) {
   sbx_sandbox_spec spec;
   server_sandbox_spec(sb, &spec);
-  int rc = g_server->driver->destroy(&spec, err);
+  int rc = server_driver(sb)->destroy(&spec, err);
   link_job(sb, LOOP_JOB_UNLINK, NULL);
   if (rc < 0)
     return -1;
@@ -136,6 +144,10 @@ enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
   cleanup_json json_t *sb = sandbox_request_parse(body, id, sbx_now_ms(), &replace, &err);
   if (!sb)
     return http_reply_error(r, &err, NULL);
+  if (!json_object_get(body, "driver"))
+    json_object_set_new(sb, "driver", json_string(g_server->driver->name));
+  if (server_driver(sb) == &vmm_vm_driver)
+    json_object_set_new(sb, "accelerator", json_string(vmm_vm_accel()));
   if (r->who.labels) { /* a label-limited key creates sandboxes inside its reach */
     json_t *labels = json_object_get(sb, "labels");
     const char *k;
@@ -169,16 +181,69 @@ enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
   cleanup_unlock pthread_mutex_t *m = lock_sandbox(id);
   sbx_sandbox_spec spec;
   server_sandbox_spec(sb, &spec);
-  if (g_server->driver->create(&spec, &err) < 0)
+  if (server_driver(sb)->create(&spec, &err) < 0)
     return http_reply_error(r, &err, NULL);
   if (store_sandbox_insert(st, sb, &err) < 0) {
     sbx_err ignored;
-    g_server->driver->destroy(&spec, &ignored);
+    server_driver(sb)->destroy(&spec, &ignored);
     return http_reply_error(r, &err, NULL);
   }
   if (sandbox_start_locked(st, sb, &err) < 0)
     return http_reply_error(r, &err, json_pack("{s:s}", "sandbox_id", id));
   return reply_sandbox(r, st, id, 201);
+}
+
+/* GET /v1/sandboxes/{ref}/logs[?tail_bytes=N]: the end of the sandbox's log
+ * (vm: serial console - boot, guest kernel, agent; ns: the agent's log), as
+ * bytes.  X-Sbx-Log-Size is the whole file's size, X-Sbx-Offset where the
+ * reply starts in it. */
+enum MHD_Result route_sandbox_logs(http_req *r, json_t *body) {
+  enum MHD_Result ret;
+  cleanup_json json_t *sb = lookup(r, store_thread(), &ret);
+  if (!sb)
+    return ret;
+  int64_t tail = LOGS_TAIL_DEFAULT;
+  const char *q = http_query(r, "tail_bytes");
+  if (q) {
+    char *end;
+    long long v = strtoll(q, &end, 10);
+    if (!*q || *end || v < 1 || v > LOGS_TAIL_MAX)
+      return http_reply_error(r, &(sbx_err){.kind = SBX_E_INVALID_REQUEST, .field = "tail_bytes",
+                                            .msg = "tail_bytes must be an integer from 1 to "
+                                                   "16777216"},
+                              NULL);
+    tail = v;
+  }
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  char path[4200];
+  sbx_err err;
+  if (server_driver(sb)->log_path(&spec, path, sizeof path, &err) < 0)
+    return http_reply_error(r, &err, NULL);
+  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st = {0};
+  if (fd >= 0 && fstat(fd, &st) < 0)
+    return http_reply_fail(r, SBX_E_INTERNAL, "stat %s: %s", path, strerror(errno));
+  if (fd < 0 && errno != ENOENT)
+    return http_reply_fail(r, SBX_E_INTERNAL, "open %s: %s", path, strerror(errno));
+  off_t from = st.st_size > tail ? st.st_size - tail : 0;
+  size_t want = (size_t)(st.st_size - from);
+  cleanup_free char *buf = malloc(want + 1);
+  if (!buf)
+    return http_reply_fail(r, SBX_E_INTERNAL, "out of memory");
+  ssize_t got = want ? pread(fd, buf, want, from) : 0;
+  if (got < 0)
+    return http_reply_fail(r, SBX_E_INTERNAL, "read %s: %s", path, strerror(errno));
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer((size_t)got, buf, MHD_RESPMEM_MUST_COPY);
+  if (!resp)
+    return http_reply_fail(r, SBX_E_INTERNAL, "out of memory");
+  char v[32];
+  snprintf(v, sizeof v, "%lld", (long long)st.st_size);
+  MHD_add_response_header(resp, "X-Sbx-Log-Size", v);
+  snprintf(v, sizeof v, "%lld", (long long)from);
+  MHD_add_response_header(resp, "X-Sbx-Offset", v);
+  return http_queue(r, 200, resp, "text/plain; charset=utf-8");
 }
 
 enum MHD_Result route_sandbox_get(http_req *r, json_t *body) {
@@ -347,13 +412,13 @@ void sandboxes_recover(void) {
       sbx_sandbox_spec spec;
       server_sandbox_spec(sb, &spec);
       sbx_err err;
-      if (g_server->driver->alive(&spec) && link_job(sb, LOOP_JOB_LINK, &err) == 0) {
+      if (server_driver(sb)->alive(&spec) && link_job(sb, LOOP_JOB_LINK, &err) == 0) {
         if (strcmp(state, "running") != 0)
           store_sandbox_set_state(st, sb_id(sb), "running", NULL, NULL);
         log_info("sandbox=%s re-connected to its agent", sb_id(sb));
         continue;
       }
-      g_server->driver->stop(&spec, &err);
+      server_driver(sb)->stop(&spec, &err);
       store_exec_end_running(st, sb_id(sb), "killed", NULL);
       store_sandbox_set_state(st, sb_id(sb), "stopped", NULL, NULL);
       log_info("sandbox=%s was %s but its agent is gone: marked stopped", sb_id(sb), state);
@@ -418,6 +483,61 @@ static int64_t parse_time_ms(const char *ts) {
   return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
+/* The last non-empty line of the sandbox's log (driver->log_path). */
+static void last_log_line(json_t *sb, char *out, size_t n) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  char path[4200];
+  out[0] = '\0';
+  if (server_driver(sb)->log_path(&spec, path, sizeof path, NULL) < 0)
+    return;
+  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0)
+    return;
+  char buf[2048];
+  off_t from = st.st_size > (off_t)sizeof buf - 1 ? st.st_size - (off_t)sizeof buf + 1 : 0;
+  ssize_t k = pread(fd, buf, sizeof buf - 1, from);
+  if (k <= 0)
+    return;
+  while (k > 0 && (buf[k - 1] == '\n' || buf[k - 1] == '\r'))
+    k--;
+  buf[k] = '\0';
+  const char *line = strrchr(buf, '\n');
+  line = line ? line + 1 : buf;
+  size_t len = strnlen(line, n - 1);
+  memcpy(out, line, len);
+  out[len] = '\0';
+}
+
+/* A running sandbox whose agent (or VM) is gone without a stop: its execs end
+ * as killed and it becomes "failed" with the reason and the log's last line. */
+static void sandbox_check_alive(store *st, json_t *sb) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  if (server_driver(sb)->alive(&spec))
+    return;
+  cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb));
+  cleanup_json json_t *fresh = NULL;
+  if (store_sandbox_get(st, sb_id(sb), &fresh, NULL) < 0 ||
+      strcmp(json_string_value(json_object_get(fresh, "state")), "running") != 0)
+    return;
+  server_sandbox_spec(fresh, &spec);
+  if (server_driver(fresh)->alive(&spec))
+    return;
+  char tail[600], why[800];
+  last_log_line(fresh, tail, sizeof tail);
+  snprintf(why, sizeof why, "the sandbox's %s exited unexpectedly%s%s",
+           server_driver(fresh) == &vmm_vm_driver ? "virtual machine (QEMU)" : "agent",
+           tail[0] ? "; last log line: " : "", tail);
+  log_error("sandbox=%s failed: %s", sb_id(fresh), why);
+  sbx_err err;
+  link_job(fresh, LOOP_JOB_UNLINK, NULL);
+  server_driver(fresh)->stop(&spec, &err); /* what is left: cgroups, sockets */
+  store_exec_end_running(st, sb_id(fresh), "killed", NULL);
+  store_sandbox_set_state(st, sb_id(fresh), "failed", why, NULL);
+}
+
 /* Why a running sandbox should stop now, or NULL. */
 static const char *reap_reason(store *st, json_t *sb) {
   json_int_t max_s = json_integer_value(json_object_get(sb, "max_duration_s"));
@@ -454,6 +574,7 @@ void sandboxes_reap(void) {
     size_t i;
     json_t *sb;
     json_array_foreach(list, i, sb) {
+      sandbox_check_alive(st, sb);
       if (!reap_reason(st, sb))
         continue;
       cleanup_unlock pthread_mutex_t *m = lock_sandbox(sb_id(sb));

@@ -3,6 +3,7 @@
 
 #include "../agent/proto.h"
 #include "../server/server.h"
+#include "../vmm/vm.h"
 #include "routes.h"
 
 extern const unsigned char sbx_openapi_yaml[], sbx_openapi_json[];
@@ -14,9 +15,10 @@ enum MHD_Result route_health(http_req *r, json_t *body) {
 
 enum MHD_Result route_version(http_req *r, json_t *body) {
   return http_reply_json(r, 200,
-                         json_pack("{s:s, s:s, s:i, s:s, s:[s]}", "version", SBX_VERSION, "api",
-                                   "v1", "agent_protocol", SBX_PROTO_VERSION, "default_driver",
-                                   g_server->driver->name, "drivers", "ns"));
+                         json_pack("{s:s, s:s, s:i, s:s, s:[s,s], s:s}", "version", SBX_VERSION,
+                                   "api", "v1", "agent_protocol", SBX_PROTO_VERSION,
+                                   "default_driver", g_server->driver->name, "drivers", "ns", "vm",
+                                   "vm_accelerator", vmm_vm_accel()));
 }
 
 enum MHD_Result route_openapi_json(http_req *r, json_t *body) {

@@ -320,7 +320,7 @@ alink *link_get(loop *l, json_t *sandbox, sbx_err *err) {
                        : lk;
   sbx_sandbox_spec spec;
   server_sandbox_spec(sandbox, &spec);
-  int fd = g_server->driver->connect(&spec, err);
+  int fd = server_driver(sandbox)->connect(&spec, err);
   if (fd < 0) {
     if (err)
       err->kind = SBX_E_NOT_RUNNING;

@@ -17,6 +17,7 @@
 #include "auth.h"
 #include "http.h"
 #include "listener.h"
+#include "../vmm/vm.h"
 #include "loop.h"
 #include "server.h"
 
@@ -43,6 +44,9 @@ static void usage(FILE *f) {
           "  --idle-timeout-s N   close REST connections idle this long (default 60)\n"
           "  --max-conns-per-ip N REST connections at once per client address (default 512)\n"
           "  --insecure           serve every client without API keys (else: loopback only)\n"
+          "  --default-driver D   ns (namespaces, default) or vm (QEMU microVMs) without \"driver\"\n"
+          "  --vm-accel A         the vm driver's accelerator: auto (default: KVM if it runs a\n"
+          "                       test guest, else TCG), kvm or tcg\n"
           "  --log-level LEVEL    error, warn, info (default) or debug\n"
           "\n"
           "       sbxd keys create [--scope read|exec|admin] [--label K=V]... [--name N] [--data-dir DIR]\n"
@@ -84,7 +88,7 @@ static int absolute_dir(const char *in, char *out, size_t outsz, bool create) {
 static int parse_args(int argc, char **argv, sbx_config *c) {
   enum { O_LISTEN = 1, O_DATA, O_IMAGES, O_AGENT, O_MAXBODY, O_THREADS, O_GRACE, O_LOG, O_HELP,
          O_RETAIN, O_RETAIN_AFTER, O_PING, O_ORIGIN, O_RATE, O_MAXSB, O_MAXEX, O_INSECURE,
-         O_MAXCONN, O_MAXCONNIP, O_MAXHDR, O_HSTIMEOUT, O_IDLE };
+         O_MAXCONN, O_MAXCONNIP, O_MAXHDR, O_HSTIMEOUT, O_IDLE, O_DRIVER, O_VMACCEL };
   static const struct option opts[] = {
       {"listen", required_argument, 0, O_LISTEN},   {"data-dir", required_argument, 0, O_DATA},
       {"images-dir", required_argument, 0, O_IMAGES}, {"agent", required_argument, 0, O_AGENT},
@@ -100,6 +104,8 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
       {"max-header-bytes", required_argument, 0, O_MAXHDR},
       {"handshake-timeout-s", required_argument, 0, O_HSTIMEOUT},
       {"idle-timeout-s", required_argument, 0, O_IDLE},
+      {"default-driver", required_argument, 0, O_DRIVER},
+      {"vm-accel", required_argument, 0, O_VMACCEL},
       {"help", no_argument, 0, O_HELP},              {0, 0, 0, 0}};
   const char *data = "./var", *images = NULL, *agent = NULL;
   snprintf(c->host, sizeof c->host, "127.0.0.1");
@@ -118,6 +124,8 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
   c->max_header_bytes = 16384;
   c->handshake_timeout_s = 10;
   c->idle_timeout_s = 60;
+  snprintf(c->default_driver, sizeof c->default_driver, "ns");
+  snprintf(c->vm_accel, sizeof c->vm_accel, "auto");
   int o;
   while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -199,6 +207,16 @@ static int parse_args(int argc, char **argv, sbx_config *c) {
     case O_LOG:
       if (sbx_log_parse_level(optarg, &sbx_log_threshold) < 0)
         return fprintf(stderr, "sbxd: unknown --log-level '%s'\n", optarg), -1;
+      break;
+    case O_DRIVER:
+      if (!vmm_driver_by_name(optarg))
+        return fprintf(stderr, "sbxd: --default-driver must be ns or vm\n"), -1;
+      snprintf(c->default_driver, sizeof c->default_driver, "%s", optarg);
+      break;
+    case O_VMACCEL:
+      if (strcmp(optarg, "auto") && strcmp(optarg, "kvm") && strcmp(optarg, "tcg"))
+        return fprintf(stderr, "sbxd: --vm-accel must be auto, kvm or tcg\n"), -1;
+      snprintf(c->vm_accel, sizeof c->vm_accel, "%s", optarg);
       break;
     case O_HELP: usage(stdout); exit(0);
     default: usage(stderr); return -1;
@@ -287,7 +305,10 @@ int main(int argc, char **argv) {
   g_server = &server;
   if (parse_args(argc, argv, &server.cfg) < 0)
     return 2;
-  server.driver = &vmm_ns_driver;
+  server.driver = vmm_driver_by_name(server.cfg.default_driver);
+  sbx_err verr;
+  if (vmm_vm_setup(server.cfg.vm_accel, &verr) < 0) /* forks a probe: before any thread */
+    return fprintf(stderr, "sbxd: %s\n", verr.msg), 2;
   server.started_ms = sbx_now_ms();
   /* SIGTERM/SIGINT are blocked here and so in every thread started below;
    * a handler backs that up (a thread a library started before this point,

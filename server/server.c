@@ -21,3 +21,8 @@ void server_sandbox_spec(json_t *sb, sbx_sandbox_spec *spec) {
       .network = json_string_value(json_object_get(sb, "network")),
   };
 }
+
+const sbx_driver *server_driver(json_t *sb) {
+  const sbx_driver *d = vmm_driver_by_name(json_string_value(json_object_get(sb, "driver")));
+  return d ? d : g_server->driver;
+}

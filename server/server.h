@@ -40,6 +40,8 @@ typedef struct sbx_config {
   size_t max_header_bytes;  /* request line + headers; larger is a 413 */
   int handshake_timeout_s;  /* the whole request head must arrive within this */
   int idle_timeout_s;       /* an idle REST connection is closed after this */
+  char default_driver[8];   /* "ns" or "vm": sandboxes created without "driver" */
+  char vm_accel[8];         /* "auto", "kvm" or "tcg" (vmm/vm.h) */
 } sbx_config;
 
 struct loop;
@@ -48,7 +50,7 @@ struct MHD_Daemon;
 
 typedef struct sbx_server {
   sbx_config cfg;
-  const sbx_driver *driver;
+  const sbx_driver *driver; /* the default, for sandboxes created without "driver" */
   struct loop *loop;
   struct MHD_Daemon *mhd;
   atomic_int inflight;   /* REST requests between first byte and completion */
@@ -61,5 +63,7 @@ extern sbx_server *g_server;
 /* Fill a driver spec from a sandbox object (SPEC shape).  The strings point
  * into `sandbox` and g_server->cfg, so they live as long as both. */
 void server_sandbox_spec(struct json_t *sandbox, sbx_sandbox_spec *spec);
+/* The driver a sandbox object names (its "driver"; the default if unknown). */
+const sbx_driver *server_driver(struct json_t *sandbox);
 
 #endif

@@ -75,6 +75,9 @@ static const migration migrations[] = {
      "  created_at TEXT NOT NULL,"
      "  revoked_at TEXT"
      ");"},
+    {3,
+     /* the vm driver: "kvm" or "tcg" for VM sandboxes, NULL for ns */
+     "ALTER TABLE sandboxes ADD COLUMN accelerator TEXT;"},
 };
 
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])

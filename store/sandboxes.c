@@ -24,6 +24,7 @@ static const store_col sandbox_cols[] = {
     {.name = "idle_timeout_s", .type = STORE_COL_INT, .dflt = "0"},
     {.name = "max_duration_s", .type = STORE_COL_INT, .dflt = "0"},
     {.name = "driver", .type = STORE_COL_TEXT},
+    {.name = "accelerator", .type = STORE_COL_TEXT},
     {.name = "created_at", .type = STORE_COL_TEXT, .notnull = true, .now_default = true},
     {.name = "started_at", .type = STORE_COL_TEXT},
     {.name = "stopped_at", .type = STORE_COL_TEXT},
@@ -33,13 +34,15 @@ static const store_col sandbox_cols[] = {
 
 #define SANDBOX_SELECT                                                                         \
   "SELECT id, name, state, image, env, workdir, shell, limits, network, labels, "            \
-  "idle_timeout_s, max_duration_s, driver, created_at, started_at, stopped_at, error, seq "  \
+  "idle_timeout_s, max_duration_s, driver, accelerator, created_at, started_at, stopped_at, " \
+  "error, seq "                                                                               \
   "FROM sandboxes "
 
 static const char sql_insert[] =
     "INSERT INTO sandboxes (id, name, state, image, env, workdir, shell, limits, network, "
-    "labels, idle_timeout_s, max_duration_s, driver, created_at, started_at, stopped_at, error) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+    "labels, idle_timeout_s, max_duration_s, driver, accelerator, created_at, started_at, "
+    "stopped_at, error) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 /* A name may look like another sandbox's id ("sbx_..." matches the name
  * pattern): the id match wins. */

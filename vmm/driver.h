@@ -1,8 +1,8 @@
 /* driver.h - the sandbox driver interface ("the VMM side").
  *
  * A driver turns a sandbox record into something that runs sbx-agent and
- * hands back a byte stream to it.  `ns` (vmm/ns.c: Linux namespaces) is the
- * one implementation now; a microVM driver must fit the same calls.
+ * hands back a byte stream to it: `ns` (vmm/ns.c: Linux namespaces) and
+ * `vm` (vmm/vm.c: a QEMU microvm per sandbox).
  *
  * Layout a driver owns, per sandbox: <data_dir>/sandboxes/<id>/ (mode 0700).
  * Running sandboxes do not depend on sbxd staying alive: after a restart the
@@ -30,12 +30,12 @@ typedef struct sbx_sandbox_spec {
   int64_t memory_mib;     /* 0 = no limit */
   double cpus;            /* 0 = no limit */
   int64_t pids;           /* 0 = no limit */
-  int64_t disk_mib;       /* 0 = no limit (recorded; not enforced by ns yet) */
+  int64_t disk_mib;       /* 0 = no limit (ns: recorded only; vm: the writable disk's size) */
   const char *network;    /* "none": loopback only (the only value today) */
 } sbx_sandbox_spec;
 
 typedef struct sbx_driver {
-  const char *name; /* "ns" */
+  const char *name; /* "ns", "vm" */
   /* Prepare a new sandbox's writable layer and directories.  Fails if the image
    * does not exist (kind invalid_request, field "image"). */
   int (*create)(const sbx_sandbox_spec *spec, sbx_err *err);
@@ -54,9 +54,13 @@ typedef struct sbx_driver {
   /* Open a new byte stream to the agent (a connected, CLOEXEC, blocking fd).
    * Returns the fd, or < 0. */
   int (*connect)(const sbx_sandbox_spec *spec, sbx_err *err);
+  /* The sandbox's log file (GET /v1/sandboxes/{ref}/logs): the agent's log
+   * for ns, the serial console (boot, kernel, agent) for vm. */
+  int (*log_path)(const sbx_sandbox_spec *spec, char *out, size_t n, sbx_err *err);
 } sbx_driver;
 
 extern const sbx_driver vmm_ns_driver;
+extern const sbx_driver vmm_vm_driver;
 
 /* Look a driver up by name; NULL if unknown. */
 const sbx_driver *vmm_driver_by_name(const char *name);

@@ -6,7 +6,7 @@
 
 #include "driver.h"
 
-static const sbx_driver *const drivers[] = {&vmm_ns_driver};
+static const sbx_driver *const drivers[] = {&vmm_ns_driver, &vmm_vm_driver};
 
 const sbx_driver *vmm_driver_by_name(const char *name) {
   if (!name)

@@ -118,11 +118,6 @@ extern char **environ;
 static void free_strp(char **p) { free(*p); }
 #define cleanup_str __attribute__((cleanup(free_strp)))
 
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 /* ------------------------------------------------------------------ */
 /* shared helpers (ns.h)                                               */
 
@@ -280,7 +275,7 @@ static int sandbox_dir(const sbx_sandbox_spec *s, char *out, size_t n, sbx_err *
   return 0;
 }
 
-static char *read_cgroups(const char *dir) {
+char *ns_read_cgroups(const char *dir) {
   char p[PATH_MAX];
   if (ns_join(p, sizeof p, dir, NS_CGROUPS) < 0)
     return NULL;
@@ -289,7 +284,7 @@ static char *read_cgroups(const char *dir) {
 
 /* The agent's pid if the pid file names a live process started at the
  * recorded time (so a reused pid is never taken for our agent), else 0. */
-static pid_t live_agent(const char *dir) {
+pid_t ns_live_pid(const char *dir) {
   pid_t pid;
   uint64_t start;
   if (ns_pidfile_read(dir, &pid, &start) < 0)
@@ -331,7 +326,7 @@ static int ns_create(const sbx_sandbox_spec *s, sbx_err *err) {
 /* Serialize start/stop/destroy of one sandbox (two concurrent starts would
  * fight over the same layer and cgroups).  Returns the locked dir fd, or -1
  * with errno (ENOENT when the sandbox dir does not exist). */
-static int lock_dir(const char *dir) {
+int ns_lock_dir(const char *dir) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
     return -1;
@@ -370,25 +365,25 @@ static int launcher_path(char *out, size_t n, sbx_err *err) {
 /* Kill whatever a failed or stopped start left: the agent (if the pid file
  * names it) and every task in the sandbox's cgroups; wait for them. */
 static int kill_sandbox(const char *dir, sbx_err *err) {
-  pid_t pid = live_agent(dir);
+  pid_t pid = ns_live_pid(dir);
   if (pid > 0 && kill(pid, SIGKILL) < 0 && errno != ESRCH)
     return sbx_fail_errno(err, errno, "ns: kill agent %d", (int)pid);
-  cleanup_str char *cg = read_cgroups(dir);
+  cleanup_str char *cg = ns_read_cgroups(dir);
   /* the pid namespace dies with its init; give it up to 5 s, polling fast
    * at first because it usually takes a few ms */
   int64_t deadline = sbx_mono_ms() + 5000;
   for (int i = 0; sbx_mono_ms() < deadline; i++) {
-    bool agent_up = pid > 0 && live_agent(dir) == pid;
+    bool agent_up = pid > 0 && ns_live_pid(dir) == pid;
     int left = cg ? cgroup_kill_all(cg) : 0;
     if (!agent_up && left == 0)
       return 0;
-    sleep_ms(i < 20 ? 1 : 20);
+    sbx_sleep_ms(i < 20 ? 1 : 20);
   }
   return sbx_fail(err, SBX_E_INTERNAL, 0, "ns: processes of sandbox %s did not exit within 5 s",
                   strrchr(dir, '/') + 1);
 }
 
-static void unlink_in(const char *dir, const char *name) {
+void ns_unlink_in(const char *dir, const char *name) {
   char p[PATH_MAX];
   if (ns_join(p, sizeof p, dir, name) < 0)
     return;
@@ -427,12 +422,11 @@ static int read_report(int fd, char *line, size_t n, int64_t deadline) {
   }
 }
 
-/* Last non-empty line of launch.log, for an error message. */
-static void log_tail(const char *dir, char *out, size_t n) {
+void ns_log_tail(const char *dir, const char *name, char *out, size_t n) {
   char p[PATH_MAX];
-  if (ns_join(p, sizeof p, dir, NS_LAUNCH_LOG) < 0)
+  if (ns_join(p, sizeof p, dir, name) < 0)
     return (void)(out[0] = '\0');
-  cleanup_str char *s = sbx_read_file(p, 64 * 1024, NULL);
+  cleanup_str char *s = sbx_read_file(p, 1024 * 1024, NULL);
   out[0] = '\0';
   if (!s)
     return;
@@ -506,7 +500,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = lock_dir(dir);
+  cleanup_fd int lock = ns_lock_dir(dir);
   if (lock < 0)
     return sbx_fail_errno(err, errno, "ns: sandbox dir %s (not created?)", dir);
   if (ns_check_image(s->image, s->images_dir, err) < 0)
@@ -515,7 +509,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
     return sbx_fail(err, SBX_E_INTERNAL, EINVAL, "ns: the agent path must be absolute");
   if (access(s->agent_path, X_OK) < 0)
     return sbx_fail_errno(err, errno, "ns: agent binary %s", s->agent_path);
-  pid_t running = live_agent(dir);
+  pid_t running = ns_live_pid(dir);
   if (running > 0) {
     *out_pid = running; /* already running: start is idempotent */
     return 0;
@@ -523,8 +517,8 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   /* leftovers of a crash (processes of a dead agent's cgroup, stale files) */
   if (kill_sandbox(dir, err) < 0)
     return -1;
-  unlink_in(dir, NS_PIDFILE);
-  unlink_in(dir, NS_SOCK);
+  ns_unlink_in(dir, NS_PIDFILE);
+  ns_unlink_in(dir, NS_SOCK);
 
   pid_t lpid = -1;
   cleanup_fd int rfd = -1;
@@ -550,11 +544,11 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   /* failure: leave nothing running */
   sbx_err ignore;
   kill_sandbox(dir, &ignore);
-  cleanup_str char *cg = read_cgroups(dir);
+  cleanup_str char *cg = ns_read_cgroups(dir);
   if (cg && cgroup_remove(cg, &ignore) == 0)
-    unlink_in(dir, NS_CGROUPS);
-  unlink_in(dir, NS_PIDFILE);
-  unlink_in(dir, NS_SOCK);
+    ns_unlink_in(dir, NS_CGROUPS);
+  ns_unlink_in(dir, NS_PIDFILE);
+  ns_unlink_in(dir, NS_SOCK);
   if (got < 0)
     return sbx_fail(err, SBX_E_INTERNAL, ETIMEDOUT,
                     "ns: sandbox %s: sbx-launch did not report within %d ms", s->id,
@@ -563,7 +557,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   if (got == 1 && sscanf(line, "error %d %n", &en, &off) == 1 && off > 0)
     return sbx_fail(err, SBX_E_INTERNAL, en, "ns: start %s: %s", s->id, line + off);
   char tail[512];
-  log_tail(dir, tail, sizeof tail);
+  ns_log_tail(dir, NS_LAUNCH_LOG, tail, sizeof tail);
   return sbx_fail(err, SBX_E_INTERNAL, 0, "ns: start %s: sbx-launch %s %d without a report%s%s",
                   s->id, WIFSIGNALED(status) ? "killed by signal" : "exited with status",
                   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
@@ -574,8 +568,8 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
 static int stop_locked(const char *dir, sbx_err *err) {
   if (kill_sandbox(dir, err) < 0)
     return -1;
-  unlink_in(dir, NS_SOCK);
-  unlink_in(dir, NS_PIDFILE);
+  ns_unlink_in(dir, NS_SOCK);
+  ns_unlink_in(dir, NS_PIDFILE);
   return 0;
 }
 
@@ -583,7 +577,7 @@ static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = lock_dir(dir);
+  cleanup_fd int lock = ns_lock_dir(dir);
   if (lock < 0) {
     if (errno == ENOENT)
       return 0; /* never created or destroyed: nothing runs */
@@ -596,7 +590,7 @@ static int ns_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = lock_dir(dir);
+  cleanup_fd int lock = ns_lock_dir(dir);
   if (lock < 0) {
     if (errno == ENOENT)
       return 0; /* already gone */
@@ -604,7 +598,7 @@ static int ns_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   }
   if (stop_locked(dir, err) < 0)
     return -1;
-  cleanup_str char *cg = read_cgroups(dir);
+  cleanup_str char *cg = ns_read_cgroups(dir);
   if (cg && cgroup_remove(cg, err) < 0)
     return -1;
   if (sbx_rm_rf(dir) < 0)
@@ -616,7 +610,16 @@ static bool ns_alive(const sbx_sandbox_spec *s) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, NULL) < 0)
     return false;
-  return live_agent(dir) > 0;
+  return ns_live_pid(dir) > 0;
+}
+
+static int ns_log_path(const sbx_sandbox_spec *s, char *out, size_t n, sbx_err *err) {
+  char dir[PATH_MAX];
+  if (sandbox_dir(s, dir, sizeof dir, err) < 0)
+    return -1;
+  if (ns_join(out, n, dir, NS_AGENT_LOG) < 0)
+    return sbx_fail_errno(err, errno, "ns: log path");
+  return 0;
 }
 
 static int ns_connect(const sbx_sandbox_spec *s, sbx_err *err) {
@@ -627,7 +630,7 @@ static int ns_connect(const sbx_sandbox_spec *s, sbx_err *err) {
   if (fd >= 0)
     return fd;
   int e = errno;
-  if (live_agent(dir) <= 0)
+  if (ns_live_pid(dir) <= 0)
     return sbx_fail(err, SBX_E_NOT_RUNNING, e, "sandbox %s is not running", s->id);
   return sbx_fail_errno(err, e, "ns: connect to the agent of %s", s->id);
 }
@@ -640,4 +643,5 @@ const sbx_driver vmm_ns_driver = {
     .destroy = ns_destroy,
     .alive = ns_alive,
     .connect = ns_connect,
+    .log_path = ns_log_path,
 };

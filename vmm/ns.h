@@ -62,4 +62,19 @@ int ns_pidfile_read(const char *dir, pid_t *pid, uint64_t *start);
 int ns_unix_listen(const char *dir, const char *name);
 int ns_unix_connect(const char *dir, const char *name);
 
+/* Helpers the vm driver shares (vmm/vm.c). */
+
+/* Lock a sandbox dir (flock): serializes start/stop/destroy of one sandbox.
+ * The locked dir fd, or -1 with errno (ENOENT: the dir does not exist). */
+int ns_lock_dir(const char *dir);
+/* The pid in <dir>/pid if it names a live process started at the recorded
+ * time (so a reused pid is never taken for ours), else 0. */
+pid_t ns_live_pid(const char *dir);
+/* unlink <dir>/<name>, ignoring errors. */
+void ns_unlink_in(const char *dir, const char *name);
+/* The cgroup path list kept in <dir>/cgroups (malloc'd), or NULL. */
+char *ns_read_cgroups(const char *dir);
+/* The last non-empty line of <dir>/<name> (empty when there is none). */
+void ns_log_tail(const char *dir, const char *name, char *out, size_t n);
+
 #endif

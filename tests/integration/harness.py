@@ -31,7 +31,7 @@ EX_ID_RE = re.compile(r"^ex_[0-9a-f]{16}$")
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 SANDBOX_KEYS = {"id", "name", "state", "image", "env", "workdir", "shell", "limits",
-                "network", "labels", "idle_timeout_s", "max_duration_s", "driver",
+                "network", "labels", "idle_timeout_s", "max_duration_s", "driver", "accelerator",
                 "created_at", "started_at", "stopped_at"}
 LIMIT_KEYS = {"memory_mib", "cpus", "pids", "disk_mib"}
 EXEC_OUTPUT_KEYS = {"exec_id", "exit_code", "success", "signal", "stdout", "stderr",

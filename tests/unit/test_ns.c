@@ -509,7 +509,8 @@ END_TEST
 
 START_TEST(test_registry) {
   ck_assert_ptr_eq(vmm_driver_by_name("ns"), &vmm_ns_driver);
-  ck_assert_ptr_null(vmm_driver_by_name("vm"));
+  ck_assert_ptr_eq(vmm_driver_by_name("vm"), &vmm_vm_driver);
+  ck_assert_ptr_null(vmm_driver_by_name("firecracker"));
   ck_assert_ptr_null(vmm_driver_by_name(NULL));
   ck_assert_str_eq(vmm_ns_driver.name, "ns");
 }

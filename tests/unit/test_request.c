@@ -108,7 +108,7 @@ START_TEST(sandbox_defaults) {
   ck_assert_str_eq(sget(sb, "created_at"), "2023-11-14T22:13:20.123Z");
   ck_assert(json_is_null(json_object_get(sb, "started_at")));
   ck_assert(json_is_null(json_object_get(sb, "stopped_at")));
-  ck_assert_int_eq(json_object_size(sb), 16);
+  ck_assert_int_eq(json_object_size(sb), 17);
   json_decref(sb);
 }
 END_TEST
@@ -136,7 +136,7 @@ START_TEST(sandbox_full) {
   ck_assert_str_eq(sget(json_object_get(sb, "labels"), "team"), "a");
   ck_assert_int_eq(iget(sb, "idle_timeout_s"), 60);
   ck_assert_int_eq(iget(sb, "max_duration_s"), 3600);
-  ck_assert_int_eq(json_object_size(sb), 16); /* "replace" is not part of the object */
+  ck_assert_int_eq(json_object_size(sb), 17); /* "replace" is not part of the object */
   json_decref(sb);
 
   /* partial limits keep the other defaults; fractional cpus; null = absent */

@@ -38,12 +38,12 @@ static store *open_store(void) {
 /* A full sandbox object as the routes build it. */
 static json_t *sandbox_obj(const char *id, const char *name, const char *team) {
   json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:{s:s}, s:s, s:s, s:{s:i, s:f, s:i, s:i}, s:s,"
-                        " s:{s:s}, s:i, s:i, s:s, s:s, s:n, s:n}",
+                        " s:{s:s}, s:i, s:i, s:s, s:n, s:s, s:n, s:n}",
                         "id", id, "name", name, "state", "creating", "image", "host", "env", "K",
                         "V", "workdir", "/", "shell", "/bin/sh", "limits", "memory_mib", 512,
                         "cpus", 1.0, "pids", 256, "disk_mib", 1024, "network", "none", "labels",
                         "team", team, "idle_timeout_s", 0, "max_duration_s", 0, "driver", "ns",
-                        "created_at", "2026-01-01T00:00:00.000Z", "started_at", "stopped_at");
+                        "accelerator", "created_at", "2026-01-01T00:00:00.000Z", "started_at", "stopped_at");
   ck_assert_ptr_nonnull(o);
   return o;
 }
@@ -132,8 +132,8 @@ START_TEST(test_insert_get) {
   ck_assert_msg(json_equal(by_id, want), "round trip differs");
   const char *keys[] = {"id",      "name",           "state",          "image",  "env",
                         "workdir", "shell",          "limits",         "network", "labels",
-                        "idle_timeout_s", "max_duration_s", "driver", "created_at",
-                        "started_at", "stopped_at"};
+                        "idle_timeout_s", "max_duration_s", "driver", "accelerator",
+                        "created_at", "started_at", "stopped_at"};
   ck_assert_int_eq(json_object_size(by_id), SBX_ARRAY_LEN(keys));
   size_t i = 0;
   const char *key;

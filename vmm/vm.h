@@ -1,0 +1,42 @@
+/* vm.h - the vm driver's (vmm/vm.c) constants and its one piece of global
+ * configuration, the accelerator.  The gateway uses vmm/driver.h otherwise. */
+#ifndef SBX_VMM_VM_H
+#define SBX_VMM_VM_H
+
+#include "../common/err.h"
+#include "driver.h"
+
+/* The guest: files of the build's vm/ directory (next to sbx-agent). */
+#define VM_KERNEL "vmlinuz"
+#define VM_INITRD "initrd.img"
+#define VM_QEMU "qemu-system-x86_64"
+
+/* Names inside <data_dir>/sandboxes/<id>/ (besides ns.h's pid and cgroups). */
+#define VM_DISK "disk.ext4"
+#define VM_AGENT_SOCK "agent.sock"
+#define VM_CTL_SOCK "ctl.sock"
+#define VM_CONSOLE "console.log"
+#define VM_QEMU_LOG "qemu.log"
+#define VM_QEMU_PID "qemu.pid"
+
+/* What the agent prints on the console once it serves its port. */
+#define VM_READY_MARK "serving port"
+
+#define VM_MEM_DEFAULT_MIB 256   /* guest RAM without limits.memory_mib */
+#define VM_DISK_DEFAULT_MIB 2048 /* writable disk without limits.disk_mib (sparse) */
+#define VM_QEMU_OVERHEAD_MIB 256 /* QEMU's own memory on top of the guest's */
+#define VM_QEMU_PIDS 256         /* QEMU's threads */
+#define VM_BOOT_TIMEOUT_TCG_MS 90000
+#define VM_BOOT_TIMEOUT_KVM_MS 20000
+#define VM_STOP_GRACE_MS 10000
+#define VM_UID_BASE 300000u /* QEMU runs as VM_UID_BASE + hash(id) % VM_UID_COUNT */
+#define VM_UID_COUNT 65536u
+
+
+/* Choose the accelerator once, before any sandbox starts: "kvm", "tcg", or
+ * "auto" (KVM when /dev/kvm runs a guest, see vm_probe.c; TCG otherwise). */
+int vmm_vm_setup(const char *want, sbx_err *err);
+/* "kvm" or "tcg". */
+const char *vmm_vm_accel(void);
+
+#endif

@@ -1,0 +1,141 @@
+/* vm_probe.c - choosing the vm driver's accelerator (vm.h).
+ *
+ * /dev/kvm existing does not mean KVM works: on nested hosts the device opens
+ * and guests then hang.  So "auto" runs a tiny guest in a child process - 16
+ * bytes of real-mode code that writes one byte to a port and halts - and
+ * takes KVM only if the child sees exactly that (an IO exit with the byte,
+ * then a HLT exit) within a deadline; otherwise TCG.  The child can be
+ * killed if KVM_RUN never returns, which is the failure seen on such hosts. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "vm.h"
+
+#define PROBE_TIMEOUT_MS 1000
+#define PROBE_PORT 0x3f8
+#define PROBE_BYTE 'K'
+
+/* In the child: 0 if the guest ran as expected, else a step number. */
+static int probe_child(void) {
+  int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (kvm < 0)
+    return 1;
+  if (ioctl(kvm, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+    return 2;
+  int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+  if (vm < 0)
+    return 3;
+  uint8_t *mem = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED)
+    return 4;
+  /* mov dx, 0x3f8; mov al, 'K'; out dx, al; hlt */
+  static const uint8_t code[] = {0xba, 0xf8, 0x03, 0xb0, PROBE_BYTE, 0xee, 0xf4};
+  memcpy(mem, code, sizeof code);
+  struct kvm_userspace_memory_region region = {
+      .slot = 0, .guest_phys_addr = 0x1000, .memory_size = 0x1000, .userspace_addr = (uintptr_t)mem};
+  if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+    return 5;
+  int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+  if (vcpu < 0)
+    return 6;
+  int runsz = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (runsz <= 0)
+    return 7;
+  struct kvm_run *run = mmap(NULL, (size_t)runsz, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+  if (run == MAP_FAILED)
+    return 8;
+  struct kvm_sregs sregs;
+  if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
+    return 9;
+  sregs.cs.base = 0;
+  sregs.cs.selector = 0;
+  if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
+    return 10;
+  struct kvm_regs regs = {.rip = 0x1000, .rflags = 0x2};
+  if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
+    return 11;
+  bool saw_io = false;
+  for (int i = 0; i < 4; i++) {
+    if (ioctl(vcpu, KVM_RUN, 0) < 0)
+      return 12;
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO:
+      if (run->io.direction != KVM_EXIT_IO_OUT || run->io.port != PROBE_PORT || run->io.size != 1 ||
+          *((uint8_t *)run + run->io.data_offset) != PROBE_BYTE)
+        return 13;
+      saw_io = true;
+      break;
+    case KVM_EXIT_HLT:
+      return saw_io ? 0 : 14;
+    default:
+      return 15;
+    }
+  }
+  return 16;
+}
+
+/* Run the probe in a child; true if KVM ran it within the deadline. */
+static bool kvm_works(char *why, size_t n) {
+  if (access("/dev/kvm", R_OK | W_OK) < 0) {
+    snprintf(why, n, "/dev/kvm: %s", strerror(errno));
+    return false;
+  }
+  pid_t pid = fork(); /* before any thread exists (vmm_vm_setup runs first) */
+  if (pid < 0) {
+    snprintf(why, n, "fork: %s", strerror(errno));
+    return false;
+  }
+  if (pid == 0)
+    _exit(probe_child());
+  int status = 0;
+  int64_t deadline = sbx_mono_ms() + PROBE_TIMEOUT_MS;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (sbx_mono_ms() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      snprintf(why, n, "a test guest did not halt within %d ms", PROBE_TIMEOUT_MS);
+      return false;
+    }
+    sbx_sleep_ms(2);
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return true;
+  snprintf(why, n, "a test guest failed at step %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  return false;
+}
+
+static const char *accel = "tcg"; /* set once, before any thread */
+
+const char *vmm_vm_accel(void) { return accel; }
+
+int vmm_vm_setup(const char *want, sbx_err *err) {
+  char why[160] = "";
+  if (strcmp(want, "tcg") == 0) {
+    accel = "tcg";
+  } else if (strcmp(want, "kvm") == 0) {
+    if (!kvm_works(why, sizeof why))
+      return sbx_fail(err, SBX_E_INVALID_REQUEST, 0, "--vm-accel kvm: KVM does not work here (%s)",
+                      why);
+    accel = "kvm";
+  } else if (strcmp(want, "auto") == 0) {
+    accel = kvm_works(why, sizeof why) ? "kvm" : "tcg";
+  } else {
+    return sbx_fail(err, SBX_E_INVALID_REQUEST, 0, "--vm-accel must be auto, kvm or tcg");
+  }
+  if (why[0])
+    log_info("vm: using %s: %s", accel, why);
+  else
+    log_info("vm: using %s", accel);
+  return 0;
+}
