@@ -307,7 +307,7 @@ int main(int argc, char **argv) {
     return 2;
   server.driver = vmm_driver_by_name(server.cfg.default_driver);
   sbx_err verr;
-  if (vmm_vm_setup(server.cfg.vm_accel, &verr) < 0) /* forks a probe: before any thread */
+  if (vmm_vm_setup(server.cfg.vm_accel, server.cfg.agent_path, &verr) < 0) /* forks a probe: before any thread */
     return fprintf(stderr, "sbxd: %s\n", verr.msg), 2;
   server.started_ms = sbx_now_ms();
   /* SIGTERM/SIGINT are blocked here and so in every thread started below;

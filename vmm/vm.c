@@ -57,16 +57,14 @@ static int sandbox_dir(const sbx_sandbox_spec *s, char *out, size_t n, sbx_err *
   return 0;
 }
 
-/* The guest kernel and initramfs: $SBX_VM_DIR, else vm/ next to sbx-agent
- * (the build puts them in build/vm/). */
-static int guest_file(const sbx_sandbox_spec *s, const char *name, char *out, size_t n,
+int vmm_vm_guest_file(const char *agent_path, const char *name, char *out, size_t n,
                       sbx_err *err) {
   const char *env = getenv("SBX_VM_DIR");
   char dir[PATH_MAX];
   if (env && *env) {
     snprintf(dir, sizeof dir, "%s", env);
   } else {
-    snprintf(dir, sizeof dir, "%s", s->agent_path ? s->agent_path : "");
+    snprintf(dir, sizeof dir, "%s", agent_path ? agent_path : "");
     char *slash = strrchr(dir, '/');
     if (!slash)
       return sbx_fail(err, SBX_E_INTERNAL, EINVAL, "vm: the agent path must be absolute");
@@ -228,8 +226,8 @@ static int vm_create(const sbx_sandbox_spec *s, sbx_err *err) {
   if (mkdir(dir, 0700) < 0 && errno != EEXIST)
     return sbx_fail_errno(err, errno, "vm: mkdir %s", dir);
   if (image_disk(s, dir, img, sizeof img, err) < 0 ||
-      guest_file(s, VM_KERNEL, p, sizeof p, err) < 0 ||
-      guest_file(s, VM_INITRD, p, sizeof p, err) < 0)
+      vmm_vm_guest_file(s->agent_path, VM_KERNEL, p, sizeof p, err) < 0 ||
+      vmm_vm_guest_file(s->agent_path, VM_INITRD, p, sizeof p, err) < 0)
     return -1;
   /* the writable layer: a sparse ext4 file of disk_mib (the limit is real
    * here: the guest cannot write more) */
@@ -317,11 +315,51 @@ static bool console_has(const char *dir, off_t from, const char *needle) {
   }
 }
 
-/* The last console line of this boot, for an error message. */
-static void console_tail(const char *dir, char *out, size_t n) {
-  ns_log_tail(dir, VM_CONSOLE, out, n);
-  if (!out[0])
+/* Why this boot (console.log from `from`) went wrong, for an error message:
+ * the last line init or the kernel marked as an error ("sbx-init: error",
+ * "Kernel panic"), else the last line; QEMU's own log if the console is
+ * empty.  Carriage returns (the serial console's) are dropped. */
+static void console_reason(const char *dir, off_t from, char *out, size_t n) {
+  char p[PATH_MAX];
+  out[0] = '\0';
+  cleanup_str char *text = NULL;
+  if (ns_join(p, sizeof p, dir, VM_CONSOLE) == 0) {
+    cleanup_fd int fd = open(p, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > from) {
+      size_t len = (size_t)(st.st_size - from);
+      if (len > 256 * 1024) { /* the end of a long boot is what matters */
+        from = st.st_size - 256 * 1024;
+        len = 256 * 1024;
+      }
+      text = malloc(len + 1);
+      ssize_t k = text ? pread(fd, text, len, from) : -1;
+      if (k < 0)
+        return;
+      text[k] = '\0';
+    }
+  }
+  const char *pick = NULL, *last = NULL;
+  for (char *line = text, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    char *cr;
+    while ((cr = strchr(line, '\r')))
+      memmove(cr, cr + 1, strlen(cr));
+    if (!*line)
+      continue;
+    last = line;
+    if (strstr(line, "sbx-init: error") || strstr(line, "Kernel panic"))
+      pick = line;
+  }
+  if (pick || last) {
+    size_t len = strnlen(pick ? pick : last, n - 1);
+    memcpy(out, pick ? pick : last, len);
+    out[len] = '\0';
+  } else {
     ns_log_tail(dir, VM_QEMU_LOG, out, n);
+  }
 }
 
 static int qemu_argv(const sbx_sandbox_spec *s, const char *dir, const char *img,
@@ -343,7 +381,7 @@ static int qemu_argv(const sbx_sandbox_spec *s, const char *dir, const char *img
   ARG("-name");
   ARG("sbx-%s", s->id);
   ARG("-M");
-  ARG("microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=off,pic=off");
+  ARG("microvm,x-option-roms=off,isa-serial=on,rtc=on");
   ARG("-accel");
   ARG("%s", vmm_vm_accel());
   ARG("-cpu");
@@ -361,11 +399,13 @@ static int qemu_argv(const sbx_sandbox_spec *s, const char *dir, const char *img
   ARG("-initrd");
   ARG("%s", initrd);
   ARG("-append");
-  char pids[48] = ""; /* the guest's init puts the agent in a pids cgroup */
+  char pids[48] = "", tsc[48] = ""; /* the guest's init puts the agent in a pids cgroup */
   if (s->pids > 0)
     snprintf(pids, sizeof pids, " sbx.pids=%" PRId64, s->pids);
-  ARG("console=ttyS0 quiet loglevel=4 panic=-1 reboot=t sbx.hostname=%s%s",
-      s->hostname ? s->hostname : s->id, pids);
+  if (strcmp(vmm_vm_accel(), "tcg") == 0 && vmm_vm_tsc_khz() > 0)
+    snprintf(tsc, sizeof tsc, " tsc_early_khz=%ld", vmm_vm_tsc_khz());
+  ARG("console=ttyS0 quiet loglevel=4 panic=-1 reboot=t sbx.hostname=%s%s%s",
+      s->hostname ? s->hostname : s->id, pids, tsc);
   ARG("-chardev");
   ARG("file,id=con,path=%s/%s,append=on", dir, VM_CONSOLE);
   ARG("-serial");
@@ -379,7 +419,7 @@ static int qemu_argv(const sbx_sandbox_spec *s, const char *dir, const char *img
   ARG("-device");
   ARG("virtio-blk-device,drive=rw");
   ARG("-device");
-  ARG("virtio-serial-device,max_ports=2");
+  ARG("virtio-serial-device,max_ports=3"); /* port 0 is for a console */
   ARG("-chardev");
   ARG("socket,id=agent,path=%s/%s,server=on,wait=off", dir, VM_AGENT_SOCK);
   ARG("-device");
@@ -389,7 +429,11 @@ static int qemu_argv(const sbx_sandbox_spec *s, const char *dir, const char *img
   ARG("-device");
   ARG("virtserialport,chardev=ctl,name=sbx.ctl");
   ARG("-sandbox");
-  ARG("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+  /* QEMU installs its filter before it daemonizes (a fork: spawn=deny would
+   * kill it) and before -runas drops to the unprivileged uid (setuid:
+   * elevateprivileges=deny would kill it); once dropped, no capability is
+   * left to climb back with */
+  ARG("on,obsolete=deny,resourcecontrol=deny");
   ARG("-runas");
   ARG("%u:%u", vm_uid(s->id), vm_uid(s->id));
   ARG("-pidfile");
@@ -419,8 +463,8 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
                         sbx_err *err) {
   char img[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
   if (image_disk(s, dir, img, sizeof img, err) < 0 ||
-      guest_file(s, VM_KERNEL, kernel, sizeof kernel, err) < 0 ||
-      guest_file(s, VM_INITRD, initrd, sizeof initrd, err) < 0)
+      vmm_vm_guest_file(s->agent_path, VM_KERNEL, kernel, sizeof kernel, err) < 0 ||
+      vmm_vm_guest_file(s->agent_path, VM_INITRD, initrd, sizeof initrd, err) < 0)
     return -1;
   if (kill_vm(dir, err) < 0)
     return -1;
@@ -454,6 +498,13 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
     if (fd >= 0 && write(fd, boot, strlen(boot)) < 0)
       log_warn("vm: write %s: %s", p, strerror(errno));
   }
+  if (sbx_log_threshold >= SBX_LOG_DEBUG) {
+    char line[8192];
+    size_t at = 0;
+    for (size_t i = 0; argv[i] && at < sizeof line; i++)
+      at += (size_t)snprintf(line + at, sizeof line - at, "%s%s", i ? " " : "", argv[i]);
+    log_debug("vm: %s", line);
+  }
   off_t from = file_size(dir, VM_CONSOLE);
   int64_t t0 = sbx_mono_ms();
   /* with -daemonize QEMU's first process exits once the VM is set up */
@@ -476,12 +527,12 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
     }
     char tail[400];
     if (ns_live_pid(dir) != pid) {
-      console_tail(dir, tail, sizeof tail);
+      console_reason(dir, from, tail, sizeof tail);
       return sbx_fail(err, SBX_E_INTERNAL, 0, "vm: the guest of %s stopped during boot%s%s",
                       s->id, tail[0] ? ": " : "", tail);
     }
     if (sbx_mono_ms() > deadline) {
-      console_tail(dir, tail, sizeof tail);
+      console_reason(dir, from, tail, sizeof tail);
       return sbx_fail(err, SBX_E_INTERNAL, ETIMEDOUT,
                       "vm: the guest of %s did not start its agent within %d ms (%s)%s%s", s->id,
                       (int)(deadline - t0), vmm_vm_accel(), tail[0] ? "; last console line: " : "", tail);

@@ -33,10 +33,19 @@
 #define VM_UID_COUNT 65536u
 
 
-/* Choose the accelerator once, before any sandbox starts: "kvm", "tcg", or
- * "auto" (KVM when /dev/kvm runs a guest, see vm_probe.c; TCG otherwise). */
-int vmm_vm_setup(const char *want, sbx_err *err);
+/* The guest kernel or initramfs (VM_KERNEL, VM_INITRD): in $SBX_VM_DIR, else
+ * in vm/ next to sbx-agent (the build puts them in build/vm/).  Fails with a
+ * message naming the path and `make` when it is missing. */
+int vmm_vm_guest_file(const char *agent_path, const char *name, char *out, size_t n,
+                      sbx_err *err);
+
+/* Choose the accelerator once, before any thread starts: "kvm", "tcg", or
+ * "auto" (KVM when it boots our guest, see vm_probe.c; TCG otherwise).
+ * agent_path locates the guest (vmm_vm_guest_file). */
+int vmm_vm_setup(const char *want, const char *agent_path, sbx_err *err);
 /* "kvm" or "tcg". */
 const char *vmm_vm_accel(void);
+/* The host CPU's clock in kHz (0 if unknown): the TCG guest's TSC. */
+long vmm_vm_tsc_khz(void);
 
 #endif
