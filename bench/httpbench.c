@@ -1,7 +1,7 @@
 /* httpbench: latency of sbxd requests over keep-alive connections (libcurl).
  *
  *   httpbench exec   -u BASE -s SANDBOX [-c CLIENTS] [-n RUNS] [-w WARMUP]
- *   httpbench create -u BASE [-n RUNS] [-w WARMUP] [-p NAME_PREFIX]
+ *   httpbench create -u BASE [-n RUNS] [-w WARMUP] [-p NAME_PREFIX] [-f JSON_MEMBERS]
  *
  * exec:   each of CLIENTS threads owns one curl easy handle (so one
  *         keep-alive connection) and POSTs {"cmd":"/bin/true"} to
@@ -56,6 +56,7 @@ static void free_doublep(double **p)
 #define cleanup_double __attribute__((cleanup(free_doublep)))
 
 static const char *g_base, *g_sandbox, *g_prefix = "bench-create";
+static const char *g_fields = ""; /* create: more JSON members, e.g. "driver":"vm" */
 static long g_runs = 300, g_warmup = 20;
 static int g_clients = 1;
 /* start line: every thread warms up, checks in, and waits for "go" */
@@ -291,12 +292,13 @@ static int run_create(void)
         free(del);
         return 1;
     }
-    char url[1024], del_url[1024], body[256];
+    char url[1024], del_url[1024], body[1024];
     snprintf(url, sizeof url, "%s/v1/sandboxes", g_base);
     long errors = 0, del_errors = 0;
     for (long i = 0; i < g_warmup + g_runs; i++) {
         double ms_create, ms_del;
-        snprintf(body, sizeof body, "{\"name\":\"%s-%ld\"}", g_prefix, i);
+        snprintf(body, sizeof body, "{\"name\":\"%s-%ld\"%s%s}", g_prefix, i,
+                 *g_fields ? "," : "", g_fields);
         snprintf(del_url, sizeof del_url, "%s/v1/sandboxes/%s-%ld", g_base, g_prefix, i);
         int bad = do_request(&c, "POST", url, body, 201, 0, &ms_create) < 0;
         /* delete even after a failed create: a 201 may have been lost */
@@ -324,7 +326,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: httpbench exec   -u BASE -s SANDBOX [-c CLIENTS] [-n RUNS] [-w WARMUP]\n"
-            "       httpbench create -u BASE [-n RUNS] [-w WARMUP] [-p NAME_PREFIX]\n");
+            "       httpbench create -u BASE [-n RUNS] [-w WARMUP] [-p NAME_PREFIX] [-f JSON_MEMBERS]\n");
 }
 
 static int parse_count(const char *s, long lo, long hi, long *out)
@@ -347,7 +349,7 @@ int main(int argc, char **argv)
     int opt;
     long v;
     optind = 2;
-    while ((opt = getopt(argc, argv, "u:s:c:n:w:p:h")) != -1) {
+    while ((opt = getopt(argc, argv, "u:s:c:n:w:p:f:h")) != -1) {
         switch (opt) {
         case 'u':
             g_base = optarg;
@@ -357,6 +359,9 @@ int main(int argc, char **argv)
             break;
         case 'p':
             g_prefix = optarg;
+            break;
+        case 'f':
+            g_fields = optarg;
             break;
         case 'c':
             if (parse_count(optarg, 1, MAX_CLIENTS, &v) < 0) {

@@ -9,6 +9,9 @@
 #   - POST /v1/sandboxes/{ref}/exec {"cmd":"/bin/true"} on keep-alive
 #     connections: sequential, and 8 concurrent clients
 #   - POST /v1/sandboxes (then DELETE)
+#   - the vm driver: POST /v1/sandboxes {"driver":"vm"} (create to ready: the
+#     guest booted and its agent answering; then DELETE) and one-shot exec
+#     of /bin/true in a VM, with the accelerator named (KVM or TCG)
 #   - streaming: `head -c 2G /dev/zero` through sbxd's WebSocket exec in the
 #     sbx.v1.binary subprotocol to a client that discards it (bench/wsbench.c,
 #     a plain-socket RFC 6455 client), beside a bare pipe
@@ -40,6 +43,8 @@ CREATE_RUNS=${CREATE_RUNS:-30}
 STREAM_SIZE=${STREAM_SIZE:-2G}  # head -c syntax; 2G = 2 GiB
 STREAM_RUNS=${STREAM_RUNS:-3}   # each peer; the median is the row
 TTFB_RUNS=${TTFB_RUNS:-50}
+VM_CREATE_RUNS=${VM_CREATE_RUNS:-5}
+VM_EXEC_RUNS=${VM_EXEC_RUNS:-100}
 STEP_TIMEOUT=${STEP_TIMEOUT:-100} # seconds, per measurement
 
 log() { echo "bench: $*" >&2; }
@@ -137,9 +142,17 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 SBXD_PORT=$(free_port)
 SBXD_URL="http://127.0.0.1:$SBXD_PORT"
 mkdir -p "$WORK/data"
+# the vm driver's image: static busybox and its applets
+mkdir -p "$WORK/images/busy/bin" "$WORK/images/busy/etc" "$WORK/images/busy/tmp"
+if [ -x /bin/busybox ]; then
+    cp /bin/busybox "$WORK/images/busy/bin/"
+    for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$WORK/images/busy/bin/$a"; done
+fi
+echo 'root:x:0:0:root:/root:/bin/sh' >"$WORK/images/busy/etc/passwd"
+echo 'root:x:0:' >"$WORK/images/busy/etc/group"
 log "starting sbxd on $SBXD_URL"
 "$BUILD/sbxd" --listen "127.0.0.1:$SBXD_PORT" --data-dir "$WORK/data" --log-level warn \
-    >"$WORK/sbxd.log" 2>&1 &
+    --images-dir "$WORK/images" >"$WORK/sbxd.log" 2>&1 &
 SBXD_PID=$!
 SBXD_OK=0
 for _ in $(seq 100); do
@@ -293,6 +306,36 @@ else
     row_failed "$EXEC_WHAT" "$SBXD_WHY"
     row_failed "$CONC_WHAT" "$SBXD_WHY"
     row_failed "$CREATE_WHAT" "$SBXD_WHY"
+fi
+
+# ---- the vm driver -----------------------------------------------------------------------
+VM_ACCEL=$(curl -s --max-time 5 "$SBXD_URL/v1/version" 2>/dev/null |
+    sed -n 's/.*"vm_accelerator":"\([a-z]*\)".*/\1/p')
+VM_ACCEL=${VM_ACCEL:-unknown}
+VMC_WHAT="sbxd VM sandbox create to ready (\`\"driver\":\"vm\"\`, $VM_ACCEL)"
+VME_WHAT="sbxd one-shot exec of /bin/true in a VM ($VM_ACCEL)"
+VM_FIELDS='"driver":"vm","image":"busy","limits":{"memory_mib":256}'
+if [ "$SBXD_OK" = 1 ]; then
+    log "VM sandbox create + delete x$VM_CREATE_RUNS ($VM_ACCEL)"
+    if out=$(timeout "$STEP_TIMEOUT" "$OUT/httpbench" create -u "$SBXD_URL" \
+            -n "$VM_CREATE_RUNS" -w 1 -p bench-vm -f "$VM_FIELDS"); then
+        row_from "$VMC_WHAT" "$out" "$VM_CREATE_RUNS runs after 1 warm-up: QEMU start, guest kernel boot, init, agent hello; each followed by DELETE (a clean power-off: p50 $(field "$out" del_p50_ms) ms), errors: $(field "$out" errors); target under KVM: < 300 ms"
+    else
+        row_failed "$VMC_WHAT" "httpbench failed (see stderr)"
+    fi
+    code=$(curl -s -o "$WORK/vm.json" -w '%{http_code}' --max-time 120 \
+        -XPOST "$SBXD_URL/v1/sandboxes" -d "{\"name\":\"benchvm\",$VM_FIELDS}") || code=000
+    if [ "$code" != 201 ]; then
+        row_failed "$VME_WHAT" "creating the VM sandbox gave HTTP $code: $(head -c 300 "$WORK/vm.json")"
+    elif out=$(timeout "$STEP_TIMEOUT" "$OUT/httpbench" exec -u "$SBXD_URL" -s benchvm \
+            -n "$VM_EXEC_RUNS" -w 10); then
+        row_from "$VME_WHAT" "$out" "$VM_EXEC_RUNS requests after 10 warm-up; the agent in the guest, reached over virtio-serial; errors: $(field "$out" errors)"
+    else
+        row_failed "$VME_WHAT" "httpbench failed (see stderr)"
+    fi
+else
+    row_failed "$VMC_WHAT" "$SBXD_WHY"
+    row_failed "$VME_WHAT" "$SBXD_WHY"
 fi
 
 # ---- streaming ---------------------------------------------------------------------------

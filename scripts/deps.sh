@@ -4,7 +4,7 @@
 set -e
 need="gcc make pkg-config libmicrohttpd-dev libwebsockets-dev libjansson-dev libsqlite3-dev
 check libsubunit-dev libseccomp-dev libcurl4-openssl-dev bubblewrap curl python3 python3-websockets
-python3-yaml jq tmux qemu-system-x86 busybox-static e2fsprogs cpio"
+python3-yaml jq tmux qemu-system-x86 busybox-static e2fsprogs lz4"
 missing=""
 for p in $need; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

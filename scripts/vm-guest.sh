@@ -4,6 +4,10 @@
 #   OUTDIR/vmlinuz      Debian 12's cloud kernel, unpacked from its .deb (the
 #                       package is downloaded with apt-get, never installed on
 #                       the host: the host runs its own kernel)
+#   OUTDIR/vmlinux      the same kernel decompressed (ELF with a PVH note):
+#                       QEMU boots it directly, faster; only when CONFIG_PVH=y
+#                       and the payload's decompressor (lz4 for Debian 12's
+#                       kernel) is installed: otherwise use vmlinuz
 #   OUTDIR/initrd.img   gzip newc cpio: /bin/busybox (busybox-static) and the
 #                       applet links vm/init uses, /init (vm/init), the virtio
 #                       modules in load order (/lib/modules/*.ko, listed by
@@ -14,7 +18,7 @@
 # Idempotent: the kernel is fetched once per kernel package (its ABI name, e.g.
 # linux-image-6.1.0-57-cloud-amd64) and the initrd is rebuilt only when one of
 # its inputs changed (a stamp of their checksums), so a `make` with nothing to
-# do costs one apt-cache call and a few checksums.
+# do costs a few checksums (0.1 s).
 #
 # Environment: SBX_VM_KERNEL_PKG pins the kernel package instead of asking
 # apt-cache what linux-image-cloud-amd64 depends on; BUSYBOX names a static
@@ -37,7 +41,7 @@ want_modules="virtio_mmio virtio_blk virtio_console overlay"
 # applets vm/init and a debugging shell use: links to /bin/busybox in the
 # initramfs (the agent never uses them: it chroots into the image first)
 applets="sh ash cat echo ls mkdir mount umount insmod poweroff reboot sleep usleep
-readlink hostname dmesg grep sed stty setsid cttyhack ps"
+readlink hostname dmesg grep sed stty setsid ps"
 
 [ -f "$agent" ] || die "agent binary $agent not found (build it first: make build/sbx-agent)"
 [ -f "$init_src" ] || die "$init_src not found"
@@ -129,6 +133,10 @@ if [ "$(cat "$tree/.unpacked" 2>/dev/null || true)" != "$(basename "$deb")" ]; t
   "$busybox" depmod -b "$tree.tmp" "$kver" || die "depmod of $kver failed"
   basename "$deb" >"$tree.tmp/.unpacked"
   mv "$tree.tmp" "$tree"
+  # an older kernel's download and tree are 130 MB nobody uses any more
+  for old in "$dl"/linux-image-*; do
+    case $old in "$deb" | "$tree") ;; *) rm -rf "$old" ;; esac
+  done
 fi
 [ -f "$moddir/modules.dep" ] || die "$moddir/modules.dep missing (remove $tree and retry)"
 
@@ -170,8 +178,11 @@ extract_vmlinux() {
   28b52ffd) _dec="zstd -dc" ;;
   *) die "vmlinuz payload compressed with an unknown format (magic $_magic)" ;;
   esac
-  command -v "${_dec%% *}" >/dev/null 2>&1 ||
-    die "${_dec%% *} is needed to unpack the kernel for PVH boot: apt-get install ${_dec%% *}"
+  # without the tool there is no vmlinux (vmlinuz still boots, slower)
+  if ! command -v "${_dec%% *}" >/dev/null 2>&1; then
+    echo "vm-guest: ${_dec%% *} not installed, no vmlinux for PVH boot (apt-get install ${_dec%% *})" >&2
+    return 1
+  fi
   tail -c +$((_start + 1)) "$1" | head -c $((_len - 4)) | $_dec >"$2" 2>/dev/null ||
     die "unpacking vmlinux from $1 ($_dec) failed"
   _want=$(tail -c +$((_start + _len - 3)) "$1" | head -c 4 | od -An -tu4 | tr -d ' ')
@@ -183,16 +194,18 @@ extract_vmlinux() {
 stamp=$(
   {
     echo "$pkg $(basename "$deb") $want_modules $applets"
-    sha256sum "$0" "$init_src" "$agent" "$busybox" "$tree/boot/vmlinuz-$kver"
-    for p in $order; do sha256sum "$moddir/$p"; done
+    # contents only: the same inputs named by other paths are up to date
+    sha256sum "$0" "$init_src" "$agent" "$busybox" "$tree/boot/vmlinuz-$kver" | cut -d' ' -f1
+    for p in $order; do echo "$p $(sha256sum <"$moddir/$p" | cut -d' ' -f1)"; done
   } | sha256sum | cut -d' ' -f1
 )
-if [ -f "$out/initrd.img" ] && [ -f "$out/vmlinuz" ] && { [ -z "$pvh" ] || [ -f "$out/vmlinux" ]; } &&
+if [ -f "$out/initrd.img" ] && [ -f "$out/vmlinuz" ] &&
+  { [ -z "$pvh" ] || [ -f "$out/vmlinux" ] || ! command -v lz4 >/dev/null 2>&1; } &&
   [ "$(cat "$out/.stamp" 2>/dev/null || true)" = "$stamp" ]; then
   # inputs unchanged (e.g. the agent was relinked to the same bytes): make
   # still wants the targets newer than their prerequisites
   touch "$out/initrd.img" "$out/vmlinuz"
-  [ -z "$pvh" ] || touch "$out/vmlinux"
+  [ ! -f "$out/vmlinux" ] || touch "$out/vmlinux"
   exit 0
 fi
 
@@ -218,25 +231,40 @@ for p in $order; do
   basename "$p" >>"$stage/lib/modules/load"
 done
 echo "$kver" >"$stage/etc/sbx-kernel"
-# The kernel opens /dev/console on the initramfs before it runs /init: with
-# the node there, /init starts with the serial console as stdin/out/err (and
-# without it, init reopens the console once devtmpfs is mounted).
-if ! mknod -m 0600 "$stage/dev/console" c 5 1 2>/dev/null; then
-  echo "vm-guest: cannot mknod dev/console (not root?); the guest reopens it itself" >&2
-fi
 # fixed times and owners: the same inputs give the same initrd bytes
 find "$stage" -exec touch -h -d @0 {} +
+rm -f "$out/initrd.cpio"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
-  "$busybox" cpio -o -H newc -R 0:0 2>/dev/null | gzip -n -6 >"$out/initrd.img.tmp") ||
-  die "building the initramfs failed"
+  "$busybox" cpio -o -H newc -R 0:0 --ignore-devno --renumber-inodes -F "$out/initrd.cpio" 2>/dev/null) ||
+  die "building the initramfs (cpio) failed"
+# The kernel opens /dev/console on the initramfs before it runs /init: with
+# the node there, /init starts with the serial console as stdin/out/err
+# (without it the kernel warns, and init reopens the console itself once
+# devtmpfs is up).  busybox cpio --ignore-devno would zero the node's device
+# number and mknod needs root, so the node is a second archive, written
+# here (newc: "070701", 13 hex fields, the name, NUL padding to 4 bytes);
+# the kernel unpacks concatenated archives.
+newc() { # NAME INO MODE NLINK RDEVMAJOR RDEVMINOR
+  _pad=$(((4 - (110 + ${#1} + 1) % 4) % 4))
+  printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%s\0' \
+    "$2" "$3" 0 0 "$4" 0 0 0 0 "$5" "$6" $((${#1} + 1)) 0 "$1"
+  [ "$_pad" -eq 0 ] || head -c "$_pad" /dev/zero
+}
+{
+  newc dev/console 1 $((0020600)) 1 5 1
+  newc 'TRAILER!!!' 0 0 1 0 0
+} >>"$out/initrd.cpio"
+gzip -n -6 -c "$out/initrd.cpio" >"$out/initrd.img.tmp" || die "gzip of the initramfs failed"
+rm -f "$out/initrd.cpio"
 mv "$out/initrd.img.tmp" "$out/initrd.img"
 cp "$tree/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-if [ -n "$pvh" ]; then
-  extract_vmlinux "$out/vmlinuz" "$out/vmlinux.tmp"
+rm -f "$out/vmlinux"
+if [ -n "$pvh" ] && extract_vmlinux "$out/vmlinuz" "$out/vmlinux.tmp"; then
   mv "$out/vmlinux.tmp" "$out/vmlinux"
 else
-  rm -f "$out/vmlinux"
+  rm -f "$out/vmlinux.tmp"
+  pvh=
 fi
 rm -rf "$stage"
 {

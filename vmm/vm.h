@@ -8,6 +8,7 @@
 
 /* The guest: files of the build's vm/ directory (next to sbx-agent). */
 #define VM_KERNEL "vmlinuz"
+#define VM_KERNEL_RAW "vmlinux" /* decompressed, when the build could make it */
 #define VM_INITRD "initrd.img"
 #define VM_QEMU "qemu-system-x86_64"
 

@@ -149,7 +149,8 @@ static long host_cpu_khz(void) {
 static bool qemu_kvm_boots(const char *agent_path, char *why, size_t n) {
   char kernel[PATH_MAX], initrd[PATH_MAX];
   sbx_err err;
-  if (vmm_vm_guest_file(agent_path, VM_KERNEL, kernel, sizeof kernel, &err) < 0 ||
+  if ((vmm_vm_guest_file(agent_path, VM_KERNEL_RAW, kernel, sizeof kernel, NULL) < 0 &&
+       vmm_vm_guest_file(agent_path, VM_KERNEL, kernel, sizeof kernel, &err) < 0) ||
       vmm_vm_guest_file(agent_path, VM_INITRD, initrd, sizeof initrd, &err) < 0) {
     snprintf(why, n, "%.150s", err.msg);
     return false;
@@ -172,7 +173,7 @@ static bool qemu_kvm_boots(const char *agent_path, char *why, size_t n) {
     dup2(p[1], 1);
     dup2(p[1], 2);
     setpgid(0, 0);
-    execlp(VM_QEMU, VM_QEMU, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", "-accel",
+    execlp(VM_QEMU, VM_QEMU, "-M", "microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on", "-accel",
            "kvm", "-cpu", "host", "-m", "128M", "-smp", "1", "-nodefaults", "-no-user-config",
            "-display", "none", "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append",
            "console=ttyS0 quiet panic=-1 reboot=t", "-serial", "stdio",

@@ -58,9 +58,35 @@ def ns_only(why):
     return unittest.skipIf(DRIVER != "ns", "ns driver only: " + why)
 
 
+def add_host_python(root):
+    """Copy the host's python3 (binary, shared libraries, standard library)
+    into root: several suites drive their programs with python3."""
+    import shutil
+    exe = os.path.realpath("/usr/bin/python3")
+    ver = os.path.basename(exe)  # python3.11
+    os.makedirs(os.path.join(root, "usr", "bin"), exist_ok=True)
+    shutil.copy2(exe, os.path.join(root, "usr", "bin", ver))
+    if not os.path.lexists(os.path.join(root, "usr", "bin", "python3")):
+        os.symlink(ver, os.path.join(root, "usr", "bin", "python3"))
+    out = subprocess.run(["ldd", exe], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        m = re.search(r"(/\S+)", line.split("=>")[-1])
+        if not m:
+            continue
+        lib = m.group(1)
+        dst = os.path.join(root, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(os.path.realpath(lib), dst)
+    shutil.copytree("/usr/lib/" + ver, os.path.join(root, "usr", "lib", ver), symlinks=True,
+                    ignore=shutil.ignore_patterns("test", "idlelib", "tkinter", "ensurepip",
+                                                  "site-packages", "dist-packages"),
+                    dirs_exist_ok=True)
+
+
 def make_busybox_image(root):
-    """A minimal root at `root`: static busybox and its applets in /bin,
-    /etc/passwd and /etc/group with root and nobody, the usual empty dirs."""
+    """A minimal root at `root`: static busybox and its applets in /bin, the
+    host's python3, /etc/passwd and /etc/group with root and nobody, the
+    usual empty dirs."""
     for d in ("bin", "sbin", "etc", "tmp", "root", "proc", "sys", "dev", "run", "home",
               "usr/bin", "var/tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -75,6 +101,7 @@ def make_busybox_image(root):
         link = os.path.join(root, "bin", a)
         if a != "busybox" and not os.path.lexists(link):
             os.symlink("busybox", link)
+    add_host_python(root)
     with open(os.path.join(root, "etc", "passwd"), "w") as f:
         f.write("root:x:0:0:root:/root:/bin/sh\n"
                 "nobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n")
@@ -277,6 +304,10 @@ class Server:
     # -- HTTP -------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=60):
         headers = dict(headers or {})
+        if DRIVER == "vm" and method == "POST" and path.split("?")[0] == "/v1/sandboxes" \
+                and isinstance(body, dict) and "image" not in body:
+            body = dict(body, image=VM_IMAGE)  # a VM cannot boot the "host" image
+            timeout = max(timeout, 180)
         data = _encode_body(body, headers)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
@@ -590,8 +621,6 @@ class SbxTestCase(unittest.TestCase):
         return self.srv.request(method, path, body, headers, timeout)
 
     def mk(self, **fields):
-        if DRIVER == "vm" and "image" not in fields:
-            fields["image"] = VM_IMAGE
         r = self.req("POST", "/v1/sandboxes", fields, timeout=180)
         self.assertEqual(r.status, 201, r)
         self._made.append(r.json["id"])

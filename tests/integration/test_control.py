@@ -14,7 +14,7 @@ import time
 import unittest
 
 import harness
-from harness import EX_ID_RE, SbxTestCase, Server, agent_pid, err_field, unique
+from harness import EX_ID_RE, SbxTestCase, Server, agent_pid, err_field, ns_only, unique
 
 RETAIN = 2097152
 PY = "/usr/bin/python3"
@@ -829,6 +829,7 @@ class TestControl(CtlCase):
         self.assertEqual(self.wait(ex2, 10000)["state"], "exited")
 
     # -- idle_timeout_s and max_duration_s ------------------------------------------------------
+    @ns_only("its 2 s timeouts assume sandboxes are created in milliseconds")
     def test_idle_and_max_duration(self):
         idle = self.mk(name=unique("idle"), idle_timeout_s=2)
         busy = self.mk(name=unique("busy"), idle_timeout_s=2)
@@ -1024,6 +1025,7 @@ class TestControlRestart(CtlCase):
         data, off, nxt, comp = self.out_ok(ex, "stderr", 0)
         self.assertEqual((data, off, nxt, comp), (b"bb\n", 0, 3, True))
 
+    @ns_only("kills the agent process on the host (test_vm.py kills QEMU instead)")
     def test_agent_killed_while_down(self):
         name = unique("gone")
         sb = self.mk(name=name)

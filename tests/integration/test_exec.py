@@ -7,6 +7,7 @@ import time
 import unittest
 
 from harness import (EX_ID_RE, FAILURE_KEYS, SbxTestCase, agent_pid, b64, err_field, host_count,
+                     ns_only,
                      unb64, unique)
 
 PROC_CMDLINES = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
@@ -301,6 +302,7 @@ class TestExec(SbxTestCase):
             self.assertError(r, 400, "invalid_request")
 
     # -- timeouts, signals, grace ---------------------------------------------------
+    @ns_only("counts the sandbox's processes from the host")
     def test_timeout_kills_group(self):
         agent = agent_pid(self.srv.data_dir, self.sid)
         self.assertIsNotNone(agent, "cannot find the sandbox's agent on the host")

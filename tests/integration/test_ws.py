@@ -202,7 +202,9 @@ class WsBase(SbxTestCase):
 
 
 class TestWs(WsBase):
-    sandbox_fields = {"limits": {"pids": 4096}}
+    # a VM's RAM is its memory limit: 1000 programs need more than 512 MiB
+    sandbox_fields = {"limits": {"pids": 4096, "memory_mib": 2048 if harness.DRIVER == "vm"
+                                 else 512}}
 
     # -- events -----------------------------------------------------------------
     def test_events_shell(self):
