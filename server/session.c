@@ -18,6 +18,13 @@
 #include "server.h"
 
 #define OWNER_WINDOW (1u << 20)
+/* Credit goes back in pieces of at least half the agent's window (loop.c's
+ * CREDIT_WINDOW, two chunks).  Handing back each frame's worth at once let a
+ * window that was once cut into small frames stay cut for good: the agent
+ * sends as soon as it has any credit, so every small grant came back as a
+ * small frame (4 KiB frames for the rest of a 2 GiB stream).  A stream whose
+ * agent credit runs out has the whole window owed, so this never stalls. */
+#define CREDIT_GRANT_MIN SBX_PROTO_CHUNK
 
 typedef struct pending_frame {
   struct pending_frame *next;
@@ -231,7 +238,7 @@ static void grant(session *s, uint64_t out, uint64_t err) {
 }
 
 void session_credit_check(session *s) {
-  if (!(s->owed[0] || s->owed[1]))
+  if (s->owed[0] < CREDIT_GRANT_MIN && s->owed[1] < CREDIT_GRANT_MIN)
     return;
   if (s->owner && ws_client_lag(s->owner) >= OWNER_WINDOW)
     return;
