@@ -90,22 +90,30 @@ static void evict(retention *r, int stream) {
   }
 }
 
-int retention_append(retention *r, int stream, const uint8_t *p, size_t n) {
-  if (r->next - r->first >= r->cap && grow(r) < 0)
+out_rec *retention_rec_new(size_t n) { return malloc(sizeof(out_rec) + n + 1); }
+
+int retention_adopt(retention *r, int stream, out_rec *x, size_t n) {
+  if (r->next - r->first >= r->cap && grow(r) < 0) {
+    free(x);
     return -1;
-  out_rec *x = malloc(sizeof *x + n);
-  if (!x)
-    return -1;
+  }
   x->seq = r->next++;
   x->offset = r->end[stream];
   x->len = (uint32_t)n;
   x->stream = (uint8_t)stream;
-  memcpy(x->data, p, n);
   *slot(r, x->seq) = x;
   r->end[stream] += n;
   r->kept[stream] += n;
   evict(r, stream);
   return 0;
+}
+
+int retention_append(retention *r, int stream, const uint8_t *p, size_t n) {
+  out_rec *x = malloc(sizeof *x + n);
+  if (!x)
+    return -1;
+  memcpy(x->data, p, n);
+  return retention_adopt(r, stream, x, n);
 }
 
 uint64_t retention_start(const retention *r, int stream) {
@@ -137,6 +145,13 @@ size_t retention_copy(const retention *r, int stream, uint64_t off, uint8_t *out
 }
 
 /* ----------------------------------------------------------------- sessions */
+
+uint8_t *session_sink(session *s, const sbx_frame_hdr *h, void **block) {
+  (void)s;
+  out_rec *x = retention_rec_new(h->len);
+  *block = x;
+  return x ? x->data : NULL;
+}
 
 session *session_new(loop *l, alink *lk, uint32_t id, const char *exec_id, const char *sandbox_id) {
   session *s = calloc(1, sizeof *s);
@@ -267,7 +282,13 @@ static void on_output(session *s, int stream, const uint8_t *p, size_t n) {
     if (keep < n)
       *trunc = true;
   }
-  if (retention_append(&s->ret, stream, p, n) < 0)
+  /* a payload the agent link read in place is already a record */
+  out_rec *x = s->lk ? agent_conn_take_block(s->lk->conn) : NULL;
+  if (x && x->data != p) { /* cannot happen: the block is this payload's */
+    free(x);
+    x = NULL;
+  }
+  if ((x ? retention_adopt(&s->ret, stream, x, n) : retention_append(&s->ret, stream, p, n)) < 0)
     log_warn("exec=%s out of memory retaining output", s->exec_id);
   s->owed[stream] += n;
   session_credit_check(s);
