@@ -83,6 +83,7 @@ struct agent_conn {
   sbx_decoder *dec;
   obuf out;
   bool dead;
+  bool no_splice; /* the transport refused splice(): output is read and written */
   agent_conn *next;
 };
 
@@ -388,6 +389,71 @@ static void session_kill_all(agent_session *s, int sig) {
   closedir(d);
 }
 
+/* Splice at least this much of a pipe, or read it: below it the extra
+ * FIONREAD and header send cost more than the copy saves. */
+#define AGENT_SPLICE_MIN (16u * 1024)
+
+/* Send one output frame of n bytes whose payload is in the session's pipe:
+ * the header now, then the payload moved by splice() from the pipe into the
+ * socket (the kernel hands the pipe's pages over, so the agent copies
+ * nothing).  The caller made sure that nothing is queued ahead of it and
+ * that the pipe holds n bytes.  Whatever the socket does not take now
+ * (header or payload) is read into the queue behind it, so the frame is
+ * always whole and nothing overtakes it.  Returns 0, or -1 with the
+ * connection killed. */
+static int conn_splice_frame(agent_conn *c, int fd, uint32_t session, uint8_t type, size_t n) {
+  uint8_t hdr[SBX_PROTO_HDR];
+  sbx_proto_put_hdr(hdr, (uint32_t)n, session, type);
+  ssize_t w;
+  do
+    w = send(c->fd, hdr, sizeof hdr, MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w < 0 && errno != EAGAIN) {
+    conn_kill(c, strerror(errno));
+    return -1;
+  }
+  size_t sent_hdr = w > 0 ? (size_t)w : 0, done = 0;
+  while (sent_hdr == sizeof hdr && done < n && !c->no_splice) {
+    ssize_t k = splice(fd, NULL, c->fd, NULL, n - done, SPLICE_F_NONBLOCK);
+    if (k > 0) {
+      done += (size_t)k;
+    } else if (k < 0 && errno == EINTR) {
+      continue;
+    } else if (k < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+      log_info("conn=%u cannot splice output (%s): reading it instead", c->serial,
+               strerror(errno));
+      c->no_splice = true;
+    } else if (k < 0 && errno != EAGAIN) {
+      conn_kill(c, strerror(errno));
+      return -1;
+    } else {
+      break; /* the socket is full */
+    }
+  }
+  size_t rest = sizeof hdr - sent_hdr + (n - done);
+  if (rest == 0)
+    return 0;
+  uint8_t *p = obuf_reserve(&c->out, rest);
+  if (!p) {
+    conn_kill(c, "out of memory queueing output");
+    return -1;
+  }
+  memcpy(p, hdr + sent_hdr, sizeof hdr - sent_hdr);
+  size_t got = sizeof hdr - sent_hdr;
+  while (got < rest) {
+    ssize_t r = read(fd, p + got, rest - got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) { /* FIONREAD promised these bytes and only we read the pipe */
+      conn_kill(c, "output pipe gave fewer bytes than it held");
+      return -1;
+    }
+    got += (size_t)r;
+  }
+  c->out.len += rest;
+  return 0;
+}
+
 /* Read one chunk of a stream within credit; returns false at EOF/error
  * (the fd is then closed), true otherwise. */
 static bool session_read_stream(agent_session *s, int which) {
@@ -396,6 +462,19 @@ static bool session_read_stream(agent_session *s, int which) {
     return fd >= 0;
   size_t want = s->credit[which] < SBX_PROTO_CHUNK ? (size_t)s->credit[which] : SBX_PROTO_CHUNK;
   agent_conn *c = s->owner;
+  uint8_t type = which == OUT_STDOUT ? SBX_F_STDOUT : SBX_F_STDERR;
+  int avail = 0;
+  /* a pipe with a good chunk waiting and nothing queued ahead: splice it */
+  if (!s->tty && !c->no_splice && c->out.len == 0 && want >= AGENT_SPLICE_MIN &&
+      ioctl(fd, FIONREAD, &avail) == 0 && (size_t)avail >= AGENT_SPLICE_MIN) {
+    size_t n = (size_t)avail < want ? (size_t)avail : want;
+    if (conn_splice_frame(c, fd, s->id, type, n) < 0)
+      return true;
+    s->credit[which] -= (uint64_t)n;
+    s->sent[which] += (uint64_t)n;
+    s->frames++;
+    return true;
+  }
   uint8_t *p = obuf_reserve(&c->out, SBX_PROTO_HDR + want);
   if (!p) {
     conn_kill(c, "out of memory reading output");
@@ -406,7 +485,7 @@ static bool session_read_stream(agent_session *s, int which) {
     n = read(fd, p + SBX_PROTO_HDR, want);
   while (n < 0 && errno == EINTR);
   if (n > 0) {
-    sbx_proto_put_hdr(p, (uint32_t)n, s->id, which == OUT_STDOUT ? SBX_F_STDOUT : SBX_F_STDERR);
+    sbx_proto_put_hdr(p, (uint32_t)n, s->id, type);
     c->out.len += SBX_PROTO_HDR + (size_t)n;
     s->credit[which] -= (uint64_t)n;
     s->sent[which] += (uint64_t)n;

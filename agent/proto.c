@@ -156,3 +156,35 @@ int sbx_decoder_next(sbx_decoder *d, sbx_frame_hdr *h, const uint8_t **payload, 
   *payload = p;
   return 1;
 }
+
+int sbx_decoder_peek(sbx_decoder *d, sbx_frame_hdr *h, size_t *have, const char **why) {
+  restore_saved(d);
+  if (!d->error && d->len >= SBX_PROTO_HDR) {
+    const char *reason = NULL;
+    if (sbx_proto_get_hdr(d->buf + d->head, h, &reason) < 0)
+      d->error = reason;
+  }
+  if (d->error) {
+    if (why)
+      *why = d->error;
+    return -1;
+  }
+  if (d->len < SBX_PROTO_HDR)
+    return 0;
+  size_t got = d->len - SBX_PROTO_HDR;
+  *have = got < h->len ? got : h->len;
+  return 1;
+}
+
+size_t sbx_decoder_divert(sbx_decoder *d, uint8_t *dst) {
+  sbx_frame_hdr h;
+  size_t have;
+  if (sbx_decoder_peek(d, &h, &have, NULL) != 1)
+    return 0;
+  memcpy(dst, d->buf + d->head + SBX_PROTO_HDR, have);
+  d->head += SBX_PROTO_HDR + have;
+  d->len -= SBX_PROTO_HDR + have;
+  if (d->len == 0)
+    d->head = 0;
+  return have;
+}

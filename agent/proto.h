@@ -110,5 +110,15 @@ int sbx_decoder_feed(sbx_decoder *d, const void *data, size_t n);
  * when one is ready, 0 when more bytes are needed, -1 on a protocol error with a
  * static reason in *why (the connection must then be closed). */
 int sbx_decoder_next(sbx_decoder *d, sbx_frame_hdr *h, const uint8_t **payload, const char **why);
+/* For a reader that puts big payloads in place instead of through the
+ * decoder: when next() said 0, peek() reports the frame that is started.
+ * Returns 1 with its (validated) header in *h and how many of its payload
+ * bytes are buffered in *have (< h->len), 0 when not even the header is
+ * whole, -1 on a protocol error as next() would.  divert() then copies those
+ * buffered bytes to dst (room for h->len), forgets them and the header, and
+ * returns how many; the caller reads the rest of the payload itself and
+ * feeds only what follows it. */
+int sbx_decoder_peek(sbx_decoder *d, sbx_frame_hdr *h, size_t *have, const char **why);
+size_t sbx_decoder_divert(sbx_decoder *d, uint8_t *dst);
 
 #endif

@@ -270,6 +270,14 @@ static int on_frame(agent_conn *c, const sbx_frame_hdr *h, const uint8_t *payloa
   return session_frame(s, h, payload);
 }
 
+/* A big output payload is read straight into a retention record. */
+static uint8_t *on_sink(agent_conn *c, const sbx_frame_hdr *h, void *ud, void **block) {
+  alink *lk = ud;
+  (void)c;
+  session *s = lk->ready ? session_of(lk, h->session) : NULL;
+  return s ? session_sink(s, h, block) : NULL;
+}
+
 /* ------------------------------------------------------------------- links */
 
 static void hello_timeout(lws_sorted_usec_list_t *sul) {
@@ -336,6 +344,7 @@ alink *link_get(loop *l, json_t *sandbox, sbx_err *err) {
     sbx_fail(err, SBX_E_INTERNAL, ENOMEM, "out of memory linking to the agent");
     return NULL;
   }
+  agent_conn_set_sink(lk->conn, on_sink);
   lk->l = l;
   lk->next_session = 1;
   snprintf(lk->sandbox_id, sizeof lk->sandbox_id, "%s", id);

@@ -42,6 +42,11 @@ void retention_init(retention *r, uint64_t limit);
 void retention_free(retention *r);
 /* Append; evicts the stream's oldest records beyond the limit.  -1 on OOM. */
 int retention_append(retention *r, int stream, const uint8_t *p, size_t n);
+/* A record with room for n data bytes (and a NUL), to fill and then adopt. */
+out_rec *retention_rec_new(size_t n);
+/* Append a record from retention_rec_new() holding n bytes; takes it (frees
+ * it on failure).  -1 on OOM. */
+int retention_adopt(retention *r, int stream, out_rec *x, size_t n);
 /* The record with this seq, or NULL if evicted or out of range. */
 const out_rec *retention_get(const retention *r, uint64_t seq);
 /* Oldest retained offset of a stream. */
@@ -83,6 +88,9 @@ session *session_new(loop *l, alink *lk, uint32_t id, const char *exec_id, const
 session *session_by_exec(loop *l, const char *exec_id);
 /* Agent frame for this session. -1 = protocol error (close the link). */
 int session_frame(session *s, const sbx_frame_hdr *h, const uint8_t *payload);
+/* The agent link's sink for a big output payload of s: a retention record's
+ * data, so session_frame() adopts it without a copy (agent_conn.h). */
+uint8_t *session_sink(session *s, const sbx_frame_hdr *h, void **block);
 /* The session ends with s->res.failure set (it never started). */
 void session_fail(session *s);
 /* The agent connection is gone: a live session ends as killed. */

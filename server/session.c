@@ -18,6 +18,13 @@
 #include "server.h"
 
 #define OWNER_WINDOW (1u << 20)
+/* Credit goes back in pieces of at least half the agent's window (loop.c's
+ * CREDIT_WINDOW, two chunks).  Handing back each frame's worth at once let a
+ * window that was once cut into small frames stay cut for good: the agent
+ * sends as soon as it has any credit, so every small grant came back as a
+ * small frame (4 KiB frames for the rest of a 2 GiB stream).  A stream whose
+ * agent credit runs out has the whole window owed, so this never stalls. */
+#define CREDIT_GRANT_MIN SBX_PROTO_CHUNK
 
 typedef struct pending_frame {
   struct pending_frame *next;
@@ -83,22 +90,30 @@ static void evict(retention *r, int stream) {
   }
 }
 
-int retention_append(retention *r, int stream, const uint8_t *p, size_t n) {
-  if (r->next - r->first >= r->cap && grow(r) < 0)
+out_rec *retention_rec_new(size_t n) { return malloc(sizeof(out_rec) + n + 1); }
+
+int retention_adopt(retention *r, int stream, out_rec *x, size_t n) {
+  if (r->next - r->first >= r->cap && grow(r) < 0) {
+    free(x);
     return -1;
-  out_rec *x = malloc(sizeof *x + n);
-  if (!x)
-    return -1;
+  }
   x->seq = r->next++;
   x->offset = r->end[stream];
   x->len = (uint32_t)n;
   x->stream = (uint8_t)stream;
-  memcpy(x->data, p, n);
   *slot(r, x->seq) = x;
   r->end[stream] += n;
   r->kept[stream] += n;
   evict(r, stream);
   return 0;
+}
+
+int retention_append(retention *r, int stream, const uint8_t *p, size_t n) {
+  out_rec *x = malloc(sizeof *x + n);
+  if (!x)
+    return -1;
+  memcpy(x->data, p, n);
+  return retention_adopt(r, stream, x, n);
 }
 
 uint64_t retention_start(const retention *r, int stream) {
@@ -130,6 +145,13 @@ size_t retention_copy(const retention *r, int stream, uint64_t off, uint8_t *out
 }
 
 /* ----------------------------------------------------------------- sessions */
+
+uint8_t *session_sink(session *s, const sbx_frame_hdr *h, void **block) {
+  (void)s;
+  out_rec *x = retention_rec_new(h->len);
+  *block = x;
+  return x ? x->data : NULL;
+}
 
 session *session_new(loop *l, alink *lk, uint32_t id, const char *exec_id, const char *sandbox_id) {
   session *s = calloc(1, sizeof *s);
@@ -231,7 +253,7 @@ static void grant(session *s, uint64_t out, uint64_t err) {
 }
 
 void session_credit_check(session *s) {
-  if (!(s->owed[0] || s->owed[1]))
+  if (s->owed[0] < CREDIT_GRANT_MIN && s->owed[1] < CREDIT_GRANT_MIN)
     return;
   if (s->owner && ws_client_lag(s->owner) >= OWNER_WINDOW)
     return;
@@ -260,7 +282,13 @@ static void on_output(session *s, int stream, const uint8_t *p, size_t n) {
     if (keep < n)
       *trunc = true;
   }
-  if (retention_append(&s->ret, stream, p, n) < 0)
+  /* a payload the agent link read in place is already a record */
+  out_rec *x = s->lk ? agent_conn_take_block(s->lk->conn) : NULL;
+  if (x && x->data != p) { /* cannot happen: the block is this payload's */
+    free(x);
+    x = NULL;
+  }
+  if ((x ? retention_adopt(&s->ret, stream, x, n) : retention_append(&s->ret, stream, p, n)) < 0)
     log_warn("exec=%s out of memory retaining output", s->exec_id);
   s->owed[stream] += n;
   session_credit_check(s);

@@ -25,6 +25,10 @@
 #include "server.h"
 
 #define WS_MAX_MESSAGE (1u << 20)
+/* the most lws hands send() at once, also when it drains what a partial
+ * send left over: with 0 it is rx_buffer_size (4 KiB), and a 256 KiB output
+ * frame the socket took only part of then went out 4 KiB per poll round */
+#define WS_TX_PACKET (4u << 20)
 
 typedef struct ws_msg {
   struct ws_msg *next;
@@ -864,8 +868,8 @@ static int ws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 }
 
 const struct lws_protocols ws_protocols[] = {
-    {"sbx.v1.json", ws_cb, sizeof(ws_client *), 4096, 0, NULL, 0},
-    {"sbx.v1.binary", ws_cb, sizeof(ws_client *), 4096, 0, NULL, 0},
+    {"sbx.v1.json", ws_cb, sizeof(ws_client *), 4096, 0, NULL, WS_TX_PACKET},
+    {"sbx.v1.binary", ws_cb, sizeof(ws_client *), 4096, 0, NULL, WS_TX_PACKET},
 };
 
 void ws_adopt(loop *l, int fd) {

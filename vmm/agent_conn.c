@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -15,6 +16,14 @@ typedef struct outbuf {
 } outbuf;
 
 #define READ_BUF (SBX_PROTO_CHUNK * 4 + SBX_PROTO_HDR * 4)
+/* With a sink: payloads at least this much short go to the sink */
+#define SINK_MIN (16u * 1024)
+/* With a sink: what is read into rbuf beside a payload read in place (the
+ * next frames' headers and small frames; the start of a big payload in it
+ * is copied to its sink once more, so keep it small) and without one in
+ * flight (small frames, or the start of a big one) */
+#define SINK_SIDE_READ (8u * 1024)
+#define SINK_IDLE_READ (64u * 1024)
 
 struct agent_conn {
   int fd;
@@ -23,6 +32,13 @@ struct agent_conn {
   agent_frame_cb cb;
   void *ud;
   outbuf *head, *tail;
+  agent_sink_cb sink;
+  /* the payload being read in place: header, room, bytes in, its block */
+  sbx_frame_hdr in_h;
+  uint8_t *in_dst;
+  size_t in_got;
+  void *in_block;
+  void *cb_block; /* during the callback for an in-place payload: its block */
 };
 
 agent_conn *agent_conn_new(int fd, agent_frame_cb cb, void *ud) {
@@ -53,6 +69,7 @@ void agent_conn_free(agent_conn *c) {
   }
   sbx_decoder_free(c->dec);
   free(c->rbuf);
+  free(c->in_block);
   if (c->fd >= 0)
     close(c->fd);
   free(c);
@@ -60,10 +77,75 @@ void agent_conn_free(agent_conn *c) {
 
 int agent_conn_fd(const agent_conn *c) { return c->fd; }
 
+void agent_conn_set_sink(agent_conn *c, agent_sink_cb sink) { c->sink = sink; }
+
+void *agent_conn_take_block(agent_conn *c) {
+  void *b = c->cb_block;
+  c->cb_block = NULL;
+  return b;
+}
+
+/* The in-place payload is whole: hand it to the callback. */
+static int deliver_in_place(agent_conn *c, sbx_err *err) {
+  sbx_frame_hdr h = c->in_h;
+  uint8_t *p = c->in_dst;
+  c->in_dst[h.len] = 0;
+  c->cb_block = c->in_block;
+  c->in_block = c->in_dst = NULL;
+  int r = c->cb(c, &h, p, c->ud);
+  free(c->cb_block); /* unless the callback took it */
+  c->cb_block = NULL;
+  if (r < 0)
+    return sbx_fail(err, SBX_E_INTERNAL, 0, "connection closed by the gateway");
+  return 0;
+}
+
+/* Dispatch every whole frame buffered; then, with a sink, move a big
+ * payload that has only begun to arrive to its own room. */
+static int dispatch(agent_conn *c, sbx_err *err) {
+  for (;;) {
+    sbx_frame_hdr h;
+    const uint8_t *payload;
+    const char *why = NULL;
+    int r = sbx_decoder_next(c->dec, &h, &payload, &why);
+    if (r < 0)
+      return sbx_fail(err, SBX_E_INTERNAL, 0, "agent protocol error: %s", why);
+    if (r == 0)
+      break;
+    if (c->cb(c, &h, payload, c->ud) < 0)
+      return sbx_fail(err, SBX_E_INTERNAL, 0, "connection closed by the gateway");
+  }
+  sbx_frame_hdr h;
+  size_t have;
+  const char *why = NULL;
+  int r = c->sink ? sbx_decoder_peek(c->dec, &h, &have, &why) : 0;
+  if (r < 0)
+    return sbx_fail(err, SBX_E_INTERNAL, 0, "agent protocol error: %s", why);
+  if (r == 0 || (h.type != SBX_F_STDOUT && h.type != SBX_F_STDERR) || h.len - have < SINK_MIN)
+    return 0;
+  void *block = NULL;
+  uint8_t *dst = c->sink(c, &h, c->ud, &block);
+  if (!dst)
+    return 0;
+  c->in_h = h;
+  c->in_dst = dst;
+  c->in_block = block;
+  c->in_got = sbx_decoder_divert(c->dec, dst);
+  return 0;
+}
+
 int agent_conn_read(agent_conn *c, sbx_err *err) {
   uint8_t *buf = c->rbuf;
   for (;;) {
-    ssize_t n = read(c->fd, buf, READ_BUF);
+    size_t rest = c->in_dst ? c->in_h.len - c->in_got : 0;
+    size_t side = !c->sink ? READ_BUF : rest ? SINK_SIDE_READ : SINK_IDLE_READ;
+    ssize_t n;
+    if (rest) {
+      struct iovec iov[2] = {{c->in_dst + c->in_got, rest}, {buf, side}};
+      n = readv(c->fd, iov, 2);
+    } else {
+      n = read(c->fd, buf, side);
+    }
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -73,21 +155,15 @@ int agent_conn_read(agent_conn *c, sbx_err *err) {
     }
     if (n == 0)
       return sbx_fail(err, SBX_E_INTERNAL, 0, "agent closed the connection");
-    if (sbx_decoder_feed(c->dec, buf, (size_t)n) < 0)
+    size_t in_place = (size_t)n < rest ? (size_t)n : rest;
+    c->in_got += in_place;
+    if (rest && c->in_got == c->in_h.len && deliver_in_place(c, err) < 0)
+      return -1;
+    if (sbx_decoder_feed(c->dec, buf, (size_t)n - in_place) < 0)
       return sbx_fail_errno(err, ENOMEM, "agent frame buffer");
-    for (;;) {
-      sbx_frame_hdr h;
-      const uint8_t *payload;
-      const char *why = NULL;
-      int r = sbx_decoder_next(c->dec, &h, &payload, &why);
-      if (r < 0)
-        return sbx_fail(err, SBX_E_INTERNAL, 0, "agent protocol error: %s", why);
-      if (r == 0)
-        break;
-      if (c->cb(c, &h, payload, c->ud) < 0)
-        return sbx_fail(err, SBX_E_INTERNAL, 0, "connection closed by the gateway");
-    }
-    if ((size_t)n < READ_BUF)
+    if (dispatch(c, err) < 0)
+      return -1;
+    if ((size_t)n < rest + side)
       return 0; /* drained for now; poll again */
   }
 }

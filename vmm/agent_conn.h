@@ -26,6 +26,20 @@ typedef struct agent_conn agent_conn;
 typedef int (*agent_frame_cb)(agent_conn *c, const sbx_frame_hdr *h, const uint8_t *payload,
                               void *ud);
 
+/* Optional: where a big STDOUT/STDERR payload goes, so it is read from the
+ * socket straight into its final place instead of through the frame buffer.
+ * Called when such a frame's header is in and most of its payload is still
+ * to come; returns room for h->len + 1 bytes and sets *block to what free()
+ * releases, or returns NULL to have the frame buffered as usual.  The frame
+ * callback then gets that room as its payload, and may keep it with
+ * agent_conn_take_block(); otherwise it is freed after the callback (or with
+ * the connection, when that goes first). */
+typedef uint8_t *(*agent_sink_cb)(agent_conn *c, const sbx_frame_hdr *h, void *ud, void **block);
+void agent_conn_set_sink(agent_conn *c, agent_sink_cb sink);
+/* In a frame callback: the block of the payload being delivered, now the
+ * caller's to free; NULL when the payload came through the frame buffer. */
+void *agent_conn_take_block(agent_conn *c);
+
 /* Wrap a connected fd (made non-blocking here). */
 agent_conn *agent_conn_new(int fd, agent_frame_cb cb, void *ud);
 void agent_conn_free(agent_conn *c);

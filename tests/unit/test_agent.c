@@ -655,6 +655,49 @@ START_TEST(test_big_output_exact) {
 }
 END_TEST
 
+/* A reader that stalls while the agent has plenty of credit: the socket
+ * fills in the middle of frames (spliced payloads cut short, the rest read
+ * and queued), a second stream and a second session interleave, and every
+ * byte still arrives once, in order, in whole frames. */
+START_TEST(test_big_output_slow_reader) {
+  client *c = cl_open();
+  size_t n = 3u << 20;
+  uint8_t *data = malloc(n);
+  uint32_t x = 88172645u;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    data[i] = (uint8_t)x;
+  }
+  char path[400], script[1300];
+  snprintf(path, sizeof path, "%s/big2.bin", g_dir);
+  FILE *f = fopen(path, "wb");
+  ck_assert_uint_eq(fwrite(data, 1, n, f), n);
+  fclose(f);
+  snprintf(script, sizeof script, "cat %s; cat %s >&2; cat %s", path, path, path);
+  cl_exec(c, 1, json_pack("{s:s,s:[s,s],s:i,s:i}", "cmd", "/bin/sh", "args", "-c", script,
+                          "credit_stdout", 8 << 20, "credit_stderr", 8 << 20));
+  cl_exec(c, 2, json_pack("{s:s,s:[s],s:i,s:i}", "cmd", "cat", "args", path, "credit_stdout",
+                          8 << 20, "credit_stderr", 0));
+  for (int i = 0; i < 6; i++) { /* read a little, now and then */
+    usleep(100000);
+    cl_pump(c, 0);
+  }
+  ck_assert(cl_wait(c, 1, 20000));
+  ck_assert(cl_wait(c, 2, 20000));
+  assert_exited(&c->s[1], 0);
+  assert_exited(&c->s[2], 0);
+  ck_assert_uint_eq(c->s[1].out_len, 2 * n);
+  ck_assert(memcmp(c->s[1].out, data, n) == 0);
+  ck_assert(memcmp(c->s[1].out + n, data, n) == 0);
+  ck_assert_uint_eq(c->s[1].err_len, n);
+  ck_assert(memcmp(c->s[1].err, data, n) == 0);
+  ck_assert_uint_eq(c->s[2].out_len, n);
+  ck_assert(memcmp(c->s[2].out, data, n) == 0);
+  free(data);
+  cl_close(c);
+}
+END_TEST
+
 START_TEST(test_tty) {
   client *c = cl_open();
   sres *r = run(c, 1, json_pack("{s:s,s:b}", "cmd", "tty", "tty", 1));
@@ -840,6 +883,7 @@ static Suite *agent_suite(void) {
   tcase_add_test(tc, test_grace_background_holder);
   tcase_add_test(tc, test_credit);
   tcase_add_test(tc, test_big_output_exact);
+  tcase_add_test(tc, test_big_output_slow_reader);
   tcase_add_test(tc, test_tty);
   tcase_add_test(tc, test_concurrent_sessions);
   tcase_add_test(tc, test_disconnect);

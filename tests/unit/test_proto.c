@@ -298,6 +298,47 @@ START_TEST(test_decoder_empty) {
 }
 END_TEST
 
+START_TEST(test_decoder_peek_divert) {
+  sbx_decoder *d = sbx_decoder_new();
+  uint8_t f[SBX_PROTO_HDR + 1000], dst[1000];
+  sbx_proto_put_hdr(f, 1000, 4, SBX_F_STDOUT);
+  for (int i = 0; i < 1000; i++)
+    f[SBX_PROTO_HDR + i] = (uint8_t)(i * 7);
+  sbx_frame_hdr h;
+  size_t have = 99;
+  const char *why = NULL;
+  ck_assert_int_eq(sbx_decoder_peek(d, &h, &have, &why), 0);
+  ck_assert_int_eq(sbx_decoder_feed(d, f, 5), 0);
+  ck_assert_int_eq(sbx_decoder_peek(d, &h, &have, &why), 0); /* half a header */
+  ck_assert_int_eq(sbx_decoder_feed(d, f + 5, SBX_PROTO_HDR + 300 - 5), 0);
+  const uint8_t *p;
+  ck_assert_int_eq(sbx_decoder_next(d, &h, &p, &why), 0);
+  ck_assert_int_eq(sbx_decoder_peek(d, &h, &have, &why), 1);
+  ck_assert_uint_eq(h.len, 1000);
+  ck_assert_uint_eq(h.session, 4);
+  ck_assert_uint_eq(h.type, SBX_F_STDOUT);
+  ck_assert_uint_eq(have, 300);
+  ck_assert_uint_eq(sbx_decoder_divert(d, dst), 300);
+  ck_assert(memcmp(dst, f + SBX_PROTO_HDR, 300) == 0);
+  /* the rest of that payload is the caller's; the next frame decodes */
+  uint8_t g[SBX_PROTO_HDR + 2];
+  sbx_proto_put_hdr(g, 2, 4, SBX_F_STDERR);
+  g[SBX_PROTO_HDR] = 'o', g[SBX_PROTO_HDR + 1] = 'k';
+  ck_assert_int_eq(sbx_decoder_feed(d, g, sizeof g), 0);
+  ck_assert_int_eq(sbx_decoder_next(d, &h, &p, &why), 1);
+  ck_assert_uint_eq(h.type, SBX_F_STDERR);
+  ck_assert_str_eq((const char *)p, "ok");
+  /* nothing started: divert takes nothing; a bad header is an error */
+  ck_assert_uint_eq(sbx_decoder_divert(d, dst), 0);
+  uint8_t bad[SBX_PROTO_HDR] = {0x7f, 0, 0, 0, 0, 0, 0, 1, SBX_F_STDOUT};
+  ck_assert_int_eq(sbx_decoder_feed(d, bad, sizeof bad), 0);
+  ck_assert_int_eq(sbx_decoder_peek(d, &h, &have, &why), -1);
+  ck_assert_ptr_nonnull(why);
+  ck_assert_int_eq(sbx_decoder_next(d, &h, &p, &why), -1);
+  sbx_decoder_free(d);
+}
+END_TEST
+
 static Suite *proto_suite(void) {
   Suite *s = suite_create("proto");
   TCase *tc = tcase_create("codec");
@@ -312,6 +353,7 @@ static Suite *proto_suite(void) {
   tcase_add_test(tc, test_decoder_garbage);
   tcase_add_test(tc, test_decoder_max_payload);
   tcase_add_test(tc, test_decoder_empty);
+  tcase_add_test(tc, test_decoder_peek_divert);
   suite_add_tcase(s, tc);
   return s;
 }
