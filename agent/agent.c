@@ -892,7 +892,9 @@ static json_t *parse_object(agent_conn *c, const sbx_frame_hdr *h, const uint8_t
   return j;
 }
 
-static void send_hello(agent *a, agent_conn *c) {
+/* HELLO in answer to a SYNC: the nonce is the first member, so that the
+ * gateway can find this frame by its bytes (agent/proto.h). */
+static void send_hello(agent *a, agent_conn *c, const char *nonce) {
   json_t *list = json_array();
   for (agent_session *s = a->sessions; s && list; s = s->next) {
     if (s->released)
@@ -906,10 +908,17 @@ static void send_hello(agent *a, agent_conn *c) {
                                           (json_int_t)s->sent[0], "stderr_bytes",
                                           (json_int_t)s->sent[1], "frames", (json_int_t)s->frames));
   }
-  conn_send_json(c, 0, SBX_F_HELLO,
-                 list ? json_pack("{s:i,s:s,s:i,s:o}", "version", SBX_PROTO_VERSION, "agent",
-                                  AGENT_NAME, "pid", (int)getpid(), "sessions", list)
-                      : NULL);
+  json_t *hello = list ? json_pack("{s:s,s:i,s:s,s:i,s:o}", "nonce", nonce, "version",
+                                   SBX_PROTO_VERSION, "agent", AGENT_NAME, "pid", (int)getpid(),
+                                   "sessions", list)
+                        : NULL;
+  cleanup_free char *text = hello ? json_dumps(hello, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(hello);
+  if (!text) {
+    conn_kill(c, "out of memory building the hello");
+    return;
+  }
+  conn_send(c, 0, SBX_F_HELLO, text, strlen(text));
 }
 
 static void handle_session_frame(agent *a, agent_conn *c, const sbx_frame_hdr *h,
@@ -1058,6 +1067,19 @@ static void handle_frame(agent *a, agent_conn *c, const sbx_frame_hdr *h, const 
       conn_kill(c, "gateway HELLO asks for a protocol version this agent does not speak");
     return;
   }
+  if (h->type == SBX_F_SYNC && h->session == 0) {
+    json_t *j = parse_object(c, h, p);
+    if (!j)
+      return;
+    const char *nonce = json_string_value(json_object_get(j, "nonce"));
+    bool ok = nonce && strlen(nonce) <= 64 && strspn(nonce, "0123456789abcdef") == strlen(nonce);
+    if (ok)
+      send_hello(a, c, nonce);
+    else
+      conn_kill(c, "SYNC without a hex nonce");
+    json_decref(j);
+    return;
+  }
   if (h->session == 0) {
     snprintf(why, sizeof why, "%s on session 0", sbx_proto_type_name(h->type));
     conn_kill(c, why);
@@ -1124,8 +1146,7 @@ static agent_conn *conn_add(agent *a, int fd) {
   c->next = a->conns;
   a->conns = c;
   a->nconns++;
-  log_info("conn=%u accepted", c->serial);
-  send_hello(a, c);
+  log_info("conn=%u accepted", c->serial); /* the gateway speaks first: SYNC */
   return c;
 }
 
@@ -1160,6 +1181,9 @@ static void port_service(agent *a) {
     return;
   a->port_conn = conn_add(a, a->port.fd);
   a->port.fd = -1;
+  /* a port is a character device: the splice path's send() is for sockets */
+  if (a->port_conn)
+    a->port_conn->no_splice = true;
 }
 
 /* A line on the control port; "poweroff" is the only command. */

@@ -32,6 +32,7 @@ const char *sbx_proto_type_name(uint8_t type) {
   case SBX_F_CREDIT: return "CREDIT";
   case SBX_F_ATTACH: return "ATTACH";
   case SBX_F_RELEASE: return "RELEASE";
+  case SBX_F_SYNC: return "SYNC";
   case SBX_F_STARTED: return "STARTED";
   case SBX_F_STDOUT: return "STDOUT";
   case SBX_F_STDERR: return "STDERR";

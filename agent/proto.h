@@ -24,21 +24,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SBX_PROTO_VERSION 1
+#define SBX_PROTO_VERSION 2 /* 2: HELLO only in answer to SYNC */
 #define SBX_PROTO_HDR 9u
 #define SBX_PROTO_MAX_PAYLOAD (1u << 20) /* 1 MiB: JSON exec specs with big env/stdin */
 #define SBX_PROTO_CHUNK (256u * 1024)     /* largest STDOUT/STDERR payload the agent sends */
 
 typedef enum sbx_frame_type {
   /* both directions, session 0 */
-  SBX_F_HELLO = 1, /* a->g on connect: {"version":1,"agent":"sbx-agent 0.1","pid":1,
+  SBX_F_HELLO = 1, /* a->g in answer to each SYNC, the nonce first (the gateway finds the
+                      hello by that prefix in a stream that may begin with another
+                      connection's leftovers):
+                      {"nonce":"<SYNC's>","version":2,"agent":"sbx-agent 0.1","pid":1,
                       "sessions":[{"session":7,"exec_id":"ex_..","state":"running"|"exited"|
                                    "failed","pid":42,"tty":bool,"stdout_bytes":n,"stderr_bytes":n,
                                    "frames":n}]}
                       (every session not yet RELEASEd; *_bytes: output already sent, so a
                       new gateway continues the stream offsets, and frames the seq numbers, where they were)
-                      g->a reply: {"version":1} (a version the agent does not speak: it
+                      g->a reply: {"version":2} (a version the agent does not speak: it
                       closes the connection) */
+  SBX_F_SYNC = 10, /* g->a first on every connection: {"nonce":"<32 hex>"}; the gateway
+                      repeats it until the matching HELLO comes (a SYNC written into a
+                      port the agent had not reopened yet is lost) */
   /* gateway -> agent */
   SBX_F_EXEC = 2,        /* new session: {"exec_id","cmd","args":[..],"cwd","env":{..} (the
                             complete environment), "user" (uid or name, optional),

@@ -15,6 +15,7 @@
 #include "ws.h"
 
 #define HELLO_TIMEOUT_US (10 * LWS_US_PER_SEC)
+#define SYNC_RESEND_US (250 * LWS_US_PER_MS)
 /* initial per-stream credit of an exec: two chunks in flight per stream.
  * With session.c's OWNER_WINDOW (1 MiB) the owner's lag stays within the
  * smallest retention (2 MiB), so the owner never loses a byte. */
@@ -227,6 +228,7 @@ static int on_hello(alink *lk, const uint8_t *payload) {
   json_decref(o);
   lk->ready = true;
   lws_sul_cancel(&lk->hello_timer);
+  lws_sul_cancel(&lk->sync_timer);
   for (session *s = lk->sessions; s; s = s->next_link)
     if (s->pending_spec)
       send_exec(lk, s);
@@ -252,6 +254,8 @@ static int on_frame(agent_conn *c, const sbx_frame_hdr *h, const uint8_t *payloa
   if (h->session == 0) {
     if (h->type == SBX_F_HELLO && !lk->ready)
       return on_hello(lk, payload);
+    if (h->type == SBX_F_HELLO) /* the answer to a repeated SYNC */
+      return 0;
     if (h->type == SBX_F_ERROR) {
       log_warn("sandbox=%s agent complains: %.200s", lk->sandbox_id, payload);
       return 0;
@@ -280,6 +284,25 @@ static uint8_t *on_sink(agent_conn *c, const sbx_frame_hdr *h, void *ud, void **
 
 /* ------------------------------------------------------------------- links */
 
+/* SYNC, and again every SYNC_RESEND_US until the hello: on a virtio-serial
+ * port the first one can land before the agent has reopened it (and is
+ * dropped then); a unix socket answers the first. */
+static void sync_send(lws_sorted_usec_list_t *sul) {
+  alink *lk = lws_container_of(sul, alink, sync_timer);
+  if (lk->ready || lk->closing)
+    return;
+  json_t *j = json_pack("{s:s}", "nonce", lk->nonce);
+  if (!j || agent_conn_send_json(lk->conn, 0, SBX_F_SYNC, j) < 0) {
+    json_decref(j);
+    log_error("sandbox=%s out of memory sending SYNC", lk->sandbox_id);
+    link_close(lk);
+    return;
+  }
+  json_decref(j);
+  link_flush(lk);
+  lws_sul_schedule(lk->l->ctx, 0, &lk->sync_timer, sync_send, SYNC_RESEND_US);
+}
+
 static void hello_timeout(lws_sorted_usec_list_t *sul) {
   alink *lk = lws_container_of(sul, alink, hello_timer);
   if (!lk->ready) {
@@ -293,6 +316,7 @@ static void hello_timeout(lws_sorted_usec_list_t *sul) {
 static void link_closed(alink *lk) {
   loop *l = lk->l;
   lws_sul_cancel(&lk->hello_timer);
+  lws_sul_cancel(&lk->sync_timer);
   lws_sul_cancel(&lk->rewrite);
   while (lk->sessions) {
     if (atomic_load(&l->stop)) { /* sbxd is stopping, the programs are not */
@@ -359,6 +383,19 @@ alink *link_get(loop *l, json_t *sandbox, sbx_err *err) {
   lws_set_opaque_user_data(lk->wsi, lk);
   lk->next = l->links;
   l->links = lk;
+  /* the agent answers SYNC with a hello carrying the nonce; anything
+   * before that hello in the stream (another connection's leftovers on a
+   * port) is skipped */
+  char a[24], b[24];
+  sbx_new_id("", a, sizeof a);
+  sbx_new_id("", b, sizeof b);
+  snprintf(lk->nonce, sizeof lk->nonce, "%s%s", a, b);
+  if (agent_conn_sync(lk->conn, lk->nonce) < 0) {
+    link_close(lk);
+    sbx_fail(err, SBX_E_INTERNAL, ENOMEM, "out of memory linking to the agent");
+    return NULL;
+  }
+  sync_send(&lk->sync_timer);
   lws_sul_schedule(l->ctx, 0, &lk->hello_timer, hello_timeout, HELLO_TIMEOUT_US);
   return lk;
 }

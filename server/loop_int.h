@@ -133,7 +133,9 @@ struct alink {
   session *sessions;
   loop_job *waiting;
   lws_sorted_usec_list_t hello_timer;
+  lws_sorted_usec_list_t sync_timer; /* repeats SYNC until the hello */
   lws_sorted_usec_list_t rewrite; /* re-arms POLLOUT after a writable callback */
+  char nonce[64];                 /* the SYNC nonce the hello must carry */
 };
 
 struct loop {

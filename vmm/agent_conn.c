@@ -39,6 +39,13 @@ struct agent_conn {
   size_t in_got;
   void *in_block;
   void *cb_block; /* during the callback for an in-place payload: its block */
+  /* resynchronizing (agent_conn_sync): bytes are dropped until the HELLO
+   * whose payload begins with sync_mark; sync_buf keeps the tail a match
+   * may start in */
+  char *sync_mark;
+  size_t sync_mark_len;
+  uint8_t *sync_buf;
+  size_t sync_len;
 };
 
 agent_conn *agent_conn_new(int fd, agent_frame_cb cb, void *ud) {
@@ -70,6 +77,8 @@ void agent_conn_free(agent_conn *c) {
   sbx_decoder_free(c->dec);
   free(c->rbuf);
   free(c->in_block);
+  free(c->sync_mark);
+  free(c->sync_buf);
   if (c->fd >= 0)
     close(c->fd);
   free(c);
@@ -134,6 +143,60 @@ static int dispatch(agent_conn *c, sbx_err *err) {
   return 0;
 }
 
+int agent_conn_sync(agent_conn *c, const char *nonce) {
+  char *mark = NULL;
+  if (asprintf(&mark, "{\"nonce\":\"%s\"", nonce) < 0)
+    return -1;
+  uint8_t *buf = malloc(SBX_PROTO_HDR + strlen(mark) + READ_BUF);
+  if (!buf) {
+    free(mark);
+    return -1;
+  }
+  free(c->sync_mark);
+  free(c->sync_buf);
+  c->sync_mark = mark;
+  c->sync_mark_len = strlen(mark);
+  c->sync_buf = buf;
+  c->sync_len = 0;
+  return 0;
+}
+
+bool agent_conn_syncing(const agent_conn *c) { return c->sync_mark != NULL; }
+
+/* While resynchronizing: look for the expected HELLO in what came before plus
+ * these n bytes.  Once found, the decoder gets the stream from its header on
+ * and syncing ends; until then everything but a possible start is dropped. */
+static int sync_scan(agent_conn *c, const uint8_t *data, size_t n) {
+  memcpy(c->sync_buf + c->sync_len, data, n);
+  c->sync_len += n;
+  const uint8_t *b = c->sync_buf, *end = b + c->sync_len;
+  for (const uint8_t *at = b + SBX_PROTO_HDR; at < end;) {
+    const uint8_t *m = memmem(at, (size_t)(end - at), c->sync_mark, c->sync_mark_len);
+    if (!m)
+      break;
+    sbx_frame_hdr h;
+    const char *why;
+    if (sbx_proto_get_hdr(m - SBX_PROTO_HDR, &h, &why) == 0 && h.session == 0 &&
+        h.type == SBX_F_HELLO) {
+      size_t from = (size_t)(m - SBX_PROTO_HDR - b);
+      int r = sbx_decoder_feed(c->dec, b + from, c->sync_len - from);
+      free(c->sync_mark);
+      free(c->sync_buf);
+      c->sync_mark = NULL;
+      c->sync_buf = NULL;
+      return r;
+    }
+    at = m + 1;
+  }
+  /* keep what could still hold a header plus the start of the mark */
+  size_t keep = SBX_PROTO_HDR + c->sync_mark_len - 1;
+  if (c->sync_len > keep) {
+    memmove(c->sync_buf, end - keep, keep);
+    c->sync_len = keep;
+  }
+  return 0;
+}
+
 int agent_conn_read(agent_conn *c, sbx_err *err) {
   uint8_t *buf = c->rbuf;
   for (;;) {
@@ -155,6 +218,13 @@ int agent_conn_read(agent_conn *c, sbx_err *err) {
     }
     if (n == 0)
       return sbx_fail(err, SBX_E_INTERNAL, 0, "agent closed the connection");
+    if (c->sync_mark) { /* nothing is read in place before the hello */
+      if (sync_scan(c, buf, (size_t)n) < 0)
+        return sbx_fail_errno(err, ENOMEM, "agent frame buffer");
+      if (!c->sync_mark && dispatch(c, err) < 0)
+        return -1;
+      continue;
+    }
     size_t in_place = (size_t)n < rest ? (size_t)n : rest;
     c->in_got += in_place;
     if (rest && c->in_got == c->in_h.len && deliver_in_place(c, err) < 0)

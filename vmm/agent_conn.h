@@ -45,6 +45,15 @@ agent_conn *agent_conn_new(int fd, agent_frame_cb cb, void *ud);
 void agent_conn_free(agent_conn *c);
 int agent_conn_fd(const agent_conn *c);
 
+/* Resynchronize: drop every byte until a HELLO frame whose payload starts
+ * with {"nonce":"<nonce>" (the agent's answer to our SYNC) and decode from
+ * there.  A byte stream that may carry leftovers of an earlier connection
+ * (a virtio-serial port reconnected) is usable this way; a forged hello would
+ * need the nonce.  -1 on allocation failure. */
+int agent_conn_sync(agent_conn *c, const char *nonce);
+/* True until the expected HELLO has been found. */
+bool agent_conn_syncing(const agent_conn *c);
+
 /* Read what is available and dispatch whole frames.  Returns 0 while the
  * connection is fine, -1 on EOF, a read error or a protocol error (the reason
  * is in *err), or when a callback asked to stop. */

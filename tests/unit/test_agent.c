@@ -264,10 +264,12 @@ static client *cl_open(void) {
   c->fd = try_connect();
   ck_assert_int_ge(c->fd, 0);
   c->dec = sbx_decoder_new();
+  cl_send_json(c, 0, SBX_F_SYNC, json_pack("{s:s}", "nonce", "5eed"));
   int64_t end = now_ms() + 3000;
   while (!c->hello && now_ms() < end && cl_pump(c, 100))
     ;
   ck_assert_msg(c->hello != NULL, "no HELLO from the agent");
+  ck_assert_str_eq(json_string_value(json_object_get(c->hello, "nonce")), "5eed");
   cl_send_json(c, 0, SBX_F_HELLO, json_pack("{s:i}", "version", SBX_PROTO_VERSION));
   return c;
 }
@@ -353,7 +355,7 @@ static bool pid_gone(pid_t pid, int timeout_ms) {
 
 START_TEST(test_hello_and_streams) {
   client *c = cl_open();
-  ck_assert_int_eq(jint(c->hello, "version"), 1);
+  ck_assert_int_eq(jint(c->hello, "version"), SBX_PROTO_VERSION);
   ck_assert_str_eq(jstr(c->hello, "agent"), "sbx-agent 0.1");
   ck_assert_int_eq(jint(c->hello, "pid"), g_agent);
   ck_assert_uint_eq(json_array_size(json_object_get(c->hello, "sessions")), 0);
@@ -835,6 +837,8 @@ START_TEST(test_malformed) {
   ck_assert(closes_on(buf, mk_frame(buf, 9, SBX_F_SIGNAL, "{\"signal\":9}"))); /* unknown */
   ck_assert(closes_on(buf, mk_frame(buf, 0, SBX_F_EXEC, "{\"cmd\":\"true\"}")));
   ck_assert(closes_on(buf, mk_frame(buf, 0, SBX_F_HELLO, "{\"version\":99}")));
+  ck_assert(closes_on(buf, mk_frame(buf, 0, SBX_F_SYNC, "{\"nonce\":\"not hex\"}")));
+  ck_assert(closes_on(buf, mk_frame(buf, 0, SBX_F_SYNC, "{}")));
   ck_assert(closes_on(buf, mk_frame(buf, 1, SBX_F_STDOUT, "x"))); /* wrong direction */
   sbx_proto_put_hdr(buf, SBX_PROTO_MAX_PAYLOAD + 1, 1, SBX_F_STDIN);
   ck_assert(closes_on(buf, SBX_PROTO_HDR));

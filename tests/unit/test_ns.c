@@ -578,12 +578,18 @@ START_TEST(test_real_agent) {
   sbx_decoder *d = sbx_decoder_new();
   sbx_frame_hdr h;
   char payload[4096];
+  /* the real agent speaks after our SYNC, its nonce first in the hello */
+  static const char sync[] = "{\"nonce\":\"00c0ffee\"}";
+  send_frame(fd, 0, SBX_F_SYNC, sync, sizeof sync - 1);
   ck_assert_int_eq(read_frame(fd, d, &h, payload, sizeof payload), SBX_F_HELLO);
+  ck_assert_msg(strncmp(payload, "{\"nonce\":\"00c0ffee\",", 20) == 0, "hello: %s", payload);
   json_t *j = json_loads(payload, 0, NULL);
   ck_assert_ptr_nonnull(j);
   ck_assert_int_eq(json_integer_value(json_object_get(j, "version")), SBX_PROTO_VERSION);
   json_decref(j);
-  send_frame(fd, 0, SBX_F_HELLO, "{\"version\":1}", 13);
+  char reply[32];
+  int rn = snprintf(reply, sizeof reply, "{\"version\":%d}", SBX_PROTO_VERSION);
+  send_frame(fd, 0, SBX_F_HELLO, reply, (size_t)rn);
 
   int code;
   char *out = agent_exec(fd, d, 1, NULL, "id", (const char *const[]){"-u", NULL}, &code);

@@ -46,7 +46,8 @@ START_TEST(test_type_names) {
   ck_assert_str_eq(sbx_proto_type_name(SBX_F_STARTED), "STARTED");
   ck_assert_str_eq(sbx_proto_type_name(SBX_F_ERROR), "ERROR");
   ck_assert_str_eq(sbx_proto_type_name(0), "?");
-  ck_assert_str_eq(sbx_proto_type_name(10), "?");
+  ck_assert_str_eq(sbx_proto_type_name(SBX_F_SYNC), "SYNC");
+  ck_assert_str_eq(sbx_proto_type_name(11), "?");
   ck_assert_str_eq(sbx_proto_type_name(15), "?");
   ck_assert_str_eq(sbx_proto_type_name(SBX_F_STDIN_ACK), "STDIN_ACK");
   ck_assert_str_eq(sbx_proto_type_name(24), "?");
