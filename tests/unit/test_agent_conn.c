@@ -57,6 +57,44 @@ START_TEST(reads_frames_and_reports_eof) {
 }
 END_TEST
 
+/* A link that resynchronizes skips everything before the HELLO carrying its
+ * nonce: half a frame and whole frames of an earlier connection, a hello with
+ * another nonce, a fake hello on another session; the match may be split
+ * across reads. */
+START_TEST(sync_skips_leftovers_until_the_hello_with_the_nonce) {
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  seen s = {0};
+  agent_conn *c = agent_conn_new(sv[0], on_frame, &s);
+  ck_assert_int_eq(agent_conn_sync(c, "abc123"), 0);
+  ck_assert(agent_conn_syncing(c));
+  sbx_err err;
+  /* the tail of an old STDOUT frame, then old frames */
+  ck_assert_int_eq(write(sv[1], "ld output\xff\x00", 12), 12);
+  put_frame(sv[1], 3, SBX_F_STDOUT, "{\"nonce\":\"abc123\",\"fake\":1}");
+  put_frame(sv[1], 0, SBX_F_HELLO, "{\"nonce\":\"0ld\",\"version\":2}");
+  ck_assert_int_eq(agent_conn_read(c, &err), 0);
+  ck_assert_int_eq(s.frames, 0);
+  ck_assert(agent_conn_syncing(c));
+  /* the real hello, split in the middle of the nonce, then a frame */
+  static const char hello[] = "{\"nonce\":\"abc123\",\"version\":2}";
+  uint8_t hdr[SBX_PROTO_HDR];
+  sbx_proto_put_hdr(hdr, sizeof hello - 1, 0, SBX_F_HELLO);
+  ck_assert_int_eq(write(sv[1], hdr, sizeof hdr), (ssize_t)sizeof hdr);
+  ck_assert_int_eq(write(sv[1], hello, 14), 14);
+  ck_assert_int_eq(agent_conn_read(c, &err), 0);
+  ck_assert_int_eq(s.frames, 0);
+  ck_assert_int_eq(write(sv[1], hello + 14, sizeof hello - 15), (ssize_t)sizeof hello - 15);
+  put_frame(sv[1], 7, SBX_F_STDOUT, "after");
+  ck_assert_int_eq(agent_conn_read(c, &err), 0);
+  ck_assert(!agent_conn_syncing(c));
+  ck_assert_int_eq(s.frames, 2);
+  ck_assert_str_eq(s.last_payload, "after");
+  agent_conn_free(c);
+  close(sv[1]);
+}
+END_TEST
+
 START_TEST(garbage_is_a_protocol_error) {
   int sv[2];
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -247,6 +285,7 @@ int main(void) {
   Suite *s = suite_create("agent_conn");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, reads_frames_and_reports_eof);
+  tcase_add_test(tc, sync_skips_leftovers_until_the_hello_with_the_nonce);
   tcase_add_test(tc, garbage_is_a_protocol_error);
   tcase_add_test(tc, callback_can_stop_reading);
   tcase_add_test(tc, sends_are_queued_and_flushed_in_order);
