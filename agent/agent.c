@@ -1179,6 +1179,11 @@ static void port_service(agent *a) {
   }
   if (!agent_port_host_connected(a->port.fd))
     return;
+  /* connected: data and hang-ups now come through poll, so SIGIO (one per
+   * arriving buffer) is only noise until the port is reopened */
+  int fl = fcntl(a->port.fd, F_GETFL);
+  if (fl >= 0)
+    fcntl(a->port.fd, F_SETFL, fl & ~O_ASYNC);
   a->port_conn = conn_add(a, a->port.fd);
   a->port.fd = -1;
   /* a port is a character device: the splice path's send() is for sockets */

@@ -213,6 +213,14 @@ static int image_disk(const sbx_sandbox_spec *s, const char *sbdir, char *out, s
 /* ------------------------------------------------------------------ */
 /* create / start                                                      */
 
+int vmm_vm_kernel(const char *agent_path, char *out, size_t n, sbx_err *err) {
+  /* the decompressed kernel boots ~0.3 s faster under TCG; the build makes it
+   * when lz4 is installed */
+  if (vmm_vm_guest_file(agent_path, VM_KERNEL_RAW, out, n, NULL) == 0)
+    return 0;
+  return vmm_vm_guest_file(agent_path, VM_KERNEL, out, n, err);
+}
+
 static int vm_create(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX], p[PATH_MAX + 32], img[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
@@ -226,7 +234,7 @@ static int vm_create(const sbx_sandbox_spec *s, sbx_err *err) {
   if (mkdir(dir, 0700) < 0 && errno != EEXIST)
     return sbx_fail_errno(err, errno, "vm: mkdir %s", dir);
   if (image_disk(s, dir, img, sizeof img, err) < 0 ||
-      vmm_vm_guest_file(s->agent_path, VM_KERNEL, p, sizeof p, err) < 0 ||
+      vmm_vm_kernel(s->agent_path, p, sizeof p, err) < 0 ||
       vmm_vm_guest_file(s->agent_path, VM_INITRD, p, sizeof p, err) < 0)
     return -1;
   /* the writable layer: a sparse ext4 file of disk_mib (the limit is real
@@ -464,27 +472,25 @@ static int read_qemu_pid(const char *dir, pid_t *pid) {
 static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_pid,
                         sbx_err *err) {
   char img[PATH_MAX], kernel[PATH_MAX], initrd[PATH_MAX];
-  /* the decompressed kernel boots ~0.3 s faster under TCG (the build makes
-   * it when lz4 is installed) */
   if (image_disk(s, dir, img, sizeof img, err) < 0 ||
-      (vmm_vm_guest_file(s->agent_path, VM_KERNEL_RAW, kernel, sizeof kernel, NULL) < 0 &&
-       vmm_vm_guest_file(s->agent_path, VM_KERNEL, kernel, sizeof kernel, err) < 0) ||
+      vmm_vm_kernel(s->agent_path, kernel, sizeof kernel, err) < 0 ||
       vmm_vm_guest_file(s->agent_path, VM_INITRD, initrd, sizeof initrd, err) < 0)
     return -1;
   if (kill_vm(dir, err) < 0)
     return -1;
   clean_run_files(dir);
-  cleanup_str char *cg = ns_read_cgroups(dir);
-  if (cg)
-    cgroup_remove(cg, NULL);
+  { /* a cgroup of an earlier run: limits may have changed */
+    cleanup_str char *old = ns_read_cgroups(dir);
+    if (old)
+      cgroup_remove(old, NULL);
+  }
   /* QEMU's memory is the guest's RAM plus its own overhead; its CPU time is
    * what the vCPUs may use */
   cgroup_limits lim = {
       .memory_mib = (s->memory_mib > 0 ? s->memory_mib : VM_MEM_DEFAULT_MIB) + VM_QEMU_OVERHEAD_MIB,
       .cpus = s->cpus,
       .pids = VM_QEMU_PIDS};
-  free(cg);
-  cg = NULL;
+  cleanup_str char *cg = NULL;
   if (cgroup_create(s->id, &lim, &cg, err) < 0)
     return -1;
   char p[PATH_MAX];

@@ -40,6 +40,9 @@
 int vmm_vm_guest_file(const char *agent_path, const char *name, char *out, size_t n,
                       sbx_err *err);
 
+/* The guest kernel to boot: vmlinux when the build made it, else vmlinuz. */
+int vmm_vm_kernel(const char *agent_path, char *out, size_t n, sbx_err *err);
+
 /* Choose the accelerator once, before any thread starts: "kvm", "tcg", or
  * "auto" (KVM when it boots our guest, see vm_probe.c; TCG otherwise).
  * agent_path locates the guest (vmm_vm_guest_file). */

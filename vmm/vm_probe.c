@@ -149,8 +149,7 @@ static long host_cpu_khz(void) {
 static bool qemu_kvm_boots(const char *agent_path, char *why, size_t n) {
   char kernel[PATH_MAX], initrd[PATH_MAX];
   sbx_err err;
-  if ((vmm_vm_guest_file(agent_path, VM_KERNEL_RAW, kernel, sizeof kernel, NULL) < 0 &&
-       vmm_vm_guest_file(agent_path, VM_KERNEL, kernel, sizeof kernel, &err) < 0) ||
+  if (vmm_vm_kernel(agent_path, kernel, sizeof kernel, &err) < 0 ||
       vmm_vm_guest_file(agent_path, VM_INITRD, initrd, sizeof initrd, &err) < 0) {
     snprintf(why, n, "%.150s", err.msg);
     return false;

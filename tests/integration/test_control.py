@@ -682,9 +682,16 @@ class TestControl(CtlCase):
         url = self.ws_url("/v1/execs/%s/ws" % ex)
 
         async def slow():
+            import socket
             import websockets
-            async with websockets.connect(url, subprotocols=["sbx.v1.json"], max_queue=1,
-                                          read_limit=2 ** 14, max_size=None,
+            # a small receive buffer: otherwise the kernel's socket buffers
+            # (several MiB on loopback) hold what the viewer does not read,
+            # and it never falls behind the 2 MiB kept
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", self.srv.port))
+            async with websockets.connect(url, sock=sock, subprotocols=["sbx.v1.json"],
+                                          max_queue=1, read_limit=2 ** 14, max_size=None,
                                           open_timeout=10) as ws:
                 msgs = [_parse(await asyncio.wait_for(ws.recv(), 10))]
                 deadline = time.time() + 15
