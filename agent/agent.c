@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -47,6 +48,7 @@
 #define AGENT_CREDIT_MAX (1ull << 40)
 #define AGENT_GRACE_DEFAULT 200
 #define AGENT_READ_CHUNK (64u * 1024)
+#define AGENT_NOFILE 65536u
 
 /* ---- a growable byte queue (a connection's outgoing frames) ---- */
 
@@ -1497,6 +1499,23 @@ static int listen_on(const char *path) {
   return fd;
 }
 
+/* Every session holds 4-5 descriptors, so the usual 1024 (what a VM guest's
+ * init gets) caps a sandbox at ~200 execs: raise the soft limit to
+ * AGENT_NOFILE (and the hard one with it where allowed: PID 1 of a VM is
+ * root); a limit already that high is left alone.  The programs inherit it,
+ * as they would a host's raised limit. */
+static void raise_nofile(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) < 0 || r.rlim_cur >= AGENT_NOFILE)
+    return;
+  struct rlimit want = {AGENT_NOFILE, r.rlim_max > AGENT_NOFILE ? r.rlim_max : AGENT_NOFILE};
+  if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+    return;
+  r.rlim_cur = r.rlim_max; /* not allowed to lift the hard limit: up to it */
+  if (setrlimit(RLIMIT_NOFILE, &r) < 0)
+    log_warn("raise RLIMIT_NOFILE: %s", strerror(errno));
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: sbx-agent (--listen-fd N | --listen PATH | --port DEV [--ctl-port DEV])\n"
              "                 [--vm-root DIR] [--passwd PATH] [--group PATH]\n"
@@ -1563,6 +1582,7 @@ int main(int argc, char **argv) {
     if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
       return 1;
   signal(SIGPIPE, SIG_IGN);
+  raise_nofile();
   /* outside a pid namespace (tests), orphans of our sessions still come to
    * us, as they would to PID 1 */
   if (getpid() != 1)

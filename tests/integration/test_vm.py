@@ -199,7 +199,7 @@ class TestVmLifecycle(VmBase):
     """Failures and restarts: each needs its own VM or server."""
 
     def test_host_image_and_unknown_image_refused(self):
-        r = self.req("POST", "/v1/sandboxes", {"driver": "vm"})
+        r = self.req("POST", "/v1/sandboxes", {"driver": "vm", "image": "host"})
         self.assertError(r, 400, "invalid_request", field="image")
         self.assertIn("image folder", r.json["error"]["message"])
         r = self.req("POST", "/v1/sandboxes", {"driver": "vm", "image": "nope"})

@@ -824,7 +824,9 @@ class TestWs(WsBase):
             async with sem:
                 ws = await self.connect(open_timeout=60)
                 await ws.send(json.dumps({"type": "start", "cmd": "sleep", "args": ["30"]}))
-                await recv_until(ws, is_type("started"), timeout=60)
+                got = await recv_until(ws, lambda ev: isinstance(ev, dict) and ev.get("type") in
+                                       ("started", "failed", "error"), timeout=60)
+                self.assertEqual(got[-1]["type"], "started", got)
                 return ws
 
         async def go():
