@@ -1620,9 +1620,15 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  if (a.port.path)
+  if (a.port.path) {
+    /* the vm driver waits for this line on the console: print it whatever
+     * the level (single-threaded: nothing else logs meanwhile) */
+    sbx_log_level level = sbx_log_threshold;
+    if (sbx_log_threshold < SBX_LOG_INFO)
+      sbx_log_threshold = SBX_LOG_INFO;
     log_info("%s pid=%d serving port %s", AGENT_NAME, (int)getpid(), a.port.path);
-  else if (listen_path)
+    sbx_log_threshold = level;
+  } else if (listen_path)
     log_info("%s pid=%d listening on %s", AGENT_NAME, (int)getpid(), listen_path);
   else
     log_info("%s pid=%d listening on fd %d", AGENT_NAME, (int)getpid(), listen_fd);
