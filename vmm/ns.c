@@ -340,6 +340,25 @@ int ns_lock_dir(const char *dir) {
   return fd;
 }
 
+int ns_remove_dir(const char *dir, sbx_err *err) {
+  cleanup_str char *cg = ns_read_cgroups(dir);
+  if (cg && cgroup_remove(cg, err) < 0)
+    return -1;
+  if (sbx_rm_rf(dir) < 0)
+    return sbx_fail_errno(err, errno, "remove %s", dir);
+  return 0;
+}
+
+int ns_lock_existing(const char *dir, bool *gone, sbx_err *err) {
+  *gone = false;
+  int fd = ns_lock_dir(dir);
+  if (fd < 0 && errno == ENOENT)
+    *gone = true;
+  else if (fd < 0)
+    sbx_fail_errno(err, errno, "lock %s", dir);
+  return fd;
+}
+
 /* Where sbx-launch is: $SBX_LAUNCH, else next to the running executable. */
 static int launcher_path(char *out, size_t n, sbx_err *err) {
   const char *env = getenv("SBX_LAUNCH");
@@ -362,24 +381,22 @@ static int launcher_path(char *out, size_t n, sbx_err *err) {
   return 0;
 }
 
-/* Kill whatever a failed or stopped start left: the agent (if the pid file
- * names it) and every task in the sandbox's cgroups; wait for them. */
-static int kill_sandbox(const char *dir, sbx_err *err) {
+int ns_kill_sandbox(const char *dir, sbx_err *err) {
   pid_t pid = ns_live_pid(dir);
   if (pid > 0 && kill(pid, SIGKILL) < 0 && errno != ESRCH)
-    return sbx_fail_errno(err, errno, "ns: kill agent %d", (int)pid);
+    return sbx_fail_errno(err, errno, "kill %d (the sandbox's pid file)", (int)pid);
   cleanup_str char *cg = ns_read_cgroups(dir);
-  /* the pid namespace dies with its init; give it up to 5 s, polling fast
-   * at first because it usually takes a few ms */
+  /* a pid namespace dies with its init, a VM with QEMU; give them up to 5 s,
+   * polling fast at first because it usually takes a few ms */
   int64_t deadline = sbx_mono_ms() + 5000;
   for (int i = 0; sbx_mono_ms() < deadline; i++) {
-    bool agent_up = pid > 0 && ns_live_pid(dir) == pid;
+    bool up = pid > 0 && ns_live_pid(dir) == pid;
     int left = cg ? cgroup_kill_all(cg) : 0;
-    if (!agent_up && left == 0)
+    if (!up && left == 0)
       return 0;
     sbx_sleep_ms(i < 20 ? 1 : 20);
   }
-  return sbx_fail(err, SBX_E_INTERNAL, 0, "ns: processes of sandbox %s did not exit within 5 s",
+  return sbx_fail(err, SBX_E_INTERNAL, 0, "processes of sandbox %s did not exit within 5 s",
                   strrchr(dir, '/') + 1);
 }
 
@@ -515,7 +532,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
     return 0;
   }
   /* leftovers of a crash (processes of a dead agent's cgroup, stale files) */
-  if (kill_sandbox(dir, err) < 0)
+  if (ns_kill_sandbox(dir, err) < 0)
     return -1;
   ns_unlink_in(dir, NS_PIDFILE);
   ns_unlink_in(dir, NS_SOCK);
@@ -543,7 +560,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   }
   /* failure: leave nothing running */
   sbx_err ignore;
-  kill_sandbox(dir, &ignore);
+  ns_kill_sandbox(dir, &ignore);
   cleanup_str char *cg = ns_read_cgroups(dir);
   if (cg && cgroup_remove(cg, &ignore) == 0)
     ns_unlink_in(dir, NS_CGROUPS);
@@ -566,7 +583,7 @@ static int ns_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
 
 /* stop with the sandbox's lock held */
 static int stop_locked(const char *dir, sbx_err *err) {
-  if (kill_sandbox(dir, err) < 0)
+  if (ns_kill_sandbox(dir, err) < 0)
     return -1;
   ns_unlink_in(dir, NS_SOCK);
   ns_unlink_in(dir, NS_PIDFILE);
@@ -577,12 +594,10 @@ static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = ns_lock_dir(dir);
-  if (lock < 0) {
-    if (errno == ENOENT)
-      return 0; /* never created or destroyed: nothing runs */
-    return sbx_fail_errno(err, errno, "ns: lock %s", dir);
-  }
+  bool gone;
+  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
+  if (lock < 0)
+    return gone ? 0 : -1; /* never created or destroyed: nothing runs */
   return stop_locked(dir, err);
 }
 
@@ -590,20 +605,13 @@ static int ns_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = ns_lock_dir(dir);
-  if (lock < 0) {
-    if (errno == ENOENT)
-      return 0; /* already gone */
-    return sbx_fail_errno(err, errno, "ns: lock %s", dir);
-  }
+  bool gone;
+  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
+  if (lock < 0)
+    return gone ? 0 : -1; /* already gone */
   if (stop_locked(dir, err) < 0)
     return -1;
-  cleanup_str char *cg = ns_read_cgroups(dir);
-  if (cg && cgroup_remove(cg, err) < 0)
-    return -1;
-  if (sbx_rm_rf(dir) < 0)
-    return sbx_fail_errno(err, errno, "ns: remove %s", dir);
-  return 0;
+  return ns_remove_dir(dir, err);
 }
 
 static bool ns_alive(const sbx_sandbox_spec *s) {

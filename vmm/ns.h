@@ -70,6 +70,14 @@ int ns_lock_dir(const char *dir);
 /* The pid in <dir>/pid if it names a live process started at the recorded
  * time (so a reused pid is never taken for ours), else 0. */
 pid_t ns_live_pid(const char *dir);
+/* For stop and destroy: lock a sandbox dir that may be gone.  The locked fd;
+ * or -1 with *gone set (no dir: nothing to do), or -1 with err filled. */
+int ns_lock_existing(const char *dir, bool *gone, sbx_err *err);
+/* SIGKILL the process the pid file names (the ns agent, a VM's QEMU) and
+ * everything in the sandbox's cgroups, and wait up to 5 s until all are gone. */
+int ns_kill_sandbox(const char *dir, sbx_err *err);
+/* Remove a stopped sandbox's cgroups (path list in <dir>/cgroups) and dir. */
+int ns_remove_dir(const char *dir, sbx_err *err);
 /* unlink <dir>/<name>, ignoring errors. */
 void ns_unlink_in(const char *dir, const char *name);
 /* The cgroup path list kept in <dir>/cgroups (malloc'd), or NULL. */

@@ -263,24 +263,6 @@ static unsigned vm_uid(const char *id) {
   return VM_UID_BASE + h % VM_UID_COUNT;
 }
 
-/* Kill QEMU (pid file) and whatever is left in the cgroup; wait until gone. */
-static int kill_vm(const char *dir, sbx_err *err) {
-  pid_t pid = ns_live_pid(dir);
-  if (pid > 0 && kill(pid, SIGKILL) < 0 && errno != ESRCH)
-    return sbx_fail_errno(err, errno, "vm: kill qemu %d", (int)pid);
-  cleanup_str char *cg = ns_read_cgroups(dir);
-  int64_t deadline = sbx_mono_ms() + 5000;
-  for (int i = 0; sbx_mono_ms() < deadline; i++) {
-    bool up = pid > 0 && ns_live_pid(dir) == pid;
-    int left = cg ? cgroup_kill_all(cg) : 0;
-    if (!up && left == 0)
-      return 0;
-    sbx_sleep_ms(i < 20 ? 1 : 20);
-  }
-  return sbx_fail(err, SBX_E_INTERNAL, 0, "vm: QEMU of %s did not exit within 5 s",
-                  strrchr(dir, '/') + 1);
-}
-
 static void clean_run_files(const char *dir) {
   static const char *const names[] = {VM_AGENT_SOCK, VM_CTL_SOCK, VM_QEMU_PID, NS_PIDFILE};
   for (size_t i = 0; i < SBX_ARRAY_LEN(names); i++)
@@ -476,7 +458,7 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
       vmm_vm_kernel(s->agent_path, kernel, sizeof kernel, err) < 0 ||
       vmm_vm_guest_file(s->agent_path, VM_INITRD, initrd, sizeof initrd, err) < 0)
     return -1;
-  if (kill_vm(dir, err) < 0)
+  if (ns_kill_sandbox(dir, err) < 0)
     return -1;
   clean_run_files(dir);
   { /* a cgroup of an earlier run: limits may have changed */
@@ -567,7 +549,7 @@ static int vm_start(const sbx_sandbox_spec *s, pid_t *out_pid, sbx_err *err) {
   if (start_locked(s, dir, out_pid, err) == 0)
     return 0;
   sbx_err ignore;
-  kill_vm(dir, &ignore);
+  ns_kill_sandbox(dir, &ignore);
   clean_run_files(dir);
   return -1;
 }
@@ -590,7 +572,7 @@ static int stop_locked(const char *dir, sbx_err *err) {
       log_warn("vm: %s did not power off within %d ms: killing QEMU", strrchr(dir, '/') + 1,
                VM_STOP_GRACE_MS);
   }
-  if (kill_vm(dir, err) < 0)
+  if (ns_kill_sandbox(dir, err) < 0)
     return -1;
   clean_run_files(dir);
   return 0;
@@ -600,12 +582,10 @@ static int vm_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = ns_lock_dir(dir);
-  if (lock < 0) {
-    if (errno == ENOENT)
-      return 0;
-    return sbx_fail_errno(err, errno, "vm: lock %s", dir);
-  }
+  bool gone;
+  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
+  if (lock < 0)
+    return gone ? 0 : -1;
   return stop_locked(dir, err);
 }
 
@@ -613,20 +593,13 @@ static int vm_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  cleanup_fd int lock = ns_lock_dir(dir);
-  if (lock < 0) {
-    if (errno == ENOENT)
-      return 0;
-    return sbx_fail_errno(err, errno, "vm: lock %s", dir);
-  }
+  bool gone;
+  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
+  if (lock < 0)
+    return gone ? 0 : -1;
   if (stop_locked(dir, err) < 0)
     return -1;
-  cleanup_str char *cg = ns_read_cgroups(dir);
-  if (cg && cgroup_remove(cg, err) < 0)
-    return -1;
-  if (sbx_rm_rf(dir) < 0)
-    return sbx_fail_errno(err, errno, "vm: remove %s", dir);
-  return 0;
+  return ns_remove_dir(dir, err);
 }
 
 static bool vm_alive(const sbx_sandbox_spec *s) {
