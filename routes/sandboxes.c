@@ -8,12 +8,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdlib.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/util.h"
 #include "../server/server.h"
@@ -193,6 +193,35 @@ enum MHD_Result route_sandbox_create(http_req *r, json_t *body) {
   return reply_sandbox(r, st, id, 201);
 }
 
+/* The last `max` bytes of the sandbox's log (driver->log_path): a malloc'd,
+ * NUL-terminated buffer of *len bytes that starts at *from of a *size-byte
+ * file (a missing file is an empty log), or NULL with err filled. */
+static char *log_tail(json_t *sb, int64_t max, size_t *len, off_t *from, off_t *size,
+                      sbx_err *err) {
+  sbx_sandbox_spec spec;
+  server_sandbox_spec(sb, &spec);
+  char path[4200];
+  if (server_driver(sb)->log_path(&spec, path, sizeof path, err) < 0)
+    return NULL;
+  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st = {0};
+  if ((fd < 0 && errno != ENOENT) || (fd >= 0 && fstat(fd, &st) < 0))
+    return sbx_fail_errno(err, errno, "log %s", path), NULL;
+  *size = st.st_size;
+  *from = st.st_size > max ? st.st_size - max : 0;
+  char *buf = malloc((size_t)(st.st_size - *from) + 1);
+  if (!buf)
+    return sbx_fail_errno(err, ENOMEM, "log %s", path), NULL;
+  ssize_t got = st.st_size > *from ? pread(fd, buf, (size_t)(st.st_size - *from), *from) : 0;
+  if (got < 0) {
+    free(buf);
+    return sbx_fail_errno(err, errno, "read %s", path), NULL;
+  }
+  buf[got] = '\0';
+  *len = (size_t)got;
+  return buf;
+}
+
 /* GET /v1/sandboxes/{ref}/logs[?tail_bytes=N]: the end of the sandbox's log
  * (vm: serial console - boot, guest kernel, agent; ns: the agent's log), as
  * bytes.  X-Sbx-Log-Size is the whole file's size, X-Sbx-Offset where the
@@ -214,32 +243,19 @@ enum MHD_Result route_sandbox_logs(http_req *r, json_t *body) {
                               NULL);
     tail = v;
   }
-  sbx_sandbox_spec spec;
-  server_sandbox_spec(sb, &spec);
-  char path[4200];
+  size_t len;
+  off_t from, size;
   sbx_err err;
-  if (server_driver(sb)->log_path(&spec, path, sizeof path, &err) < 0)
-    return http_reply_error(r, &err, NULL);
-  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat st = {0};
-  if (fd >= 0 && fstat(fd, &st) < 0)
-    return http_reply_fail(r, SBX_E_INTERNAL, "stat %s: %s", path, strerror(errno));
-  if (fd < 0 && errno != ENOENT)
-    return http_reply_fail(r, SBX_E_INTERNAL, "open %s: %s", path, strerror(errno));
-  off_t from = st.st_size > tail ? st.st_size - tail : 0;
-  size_t want = (size_t)(st.st_size - from);
-  cleanup_free char *buf = malloc(want + 1);
+  char *buf = log_tail(sb, tail, &len, &from, &size, &err);
   if (!buf)
+    return http_reply_error(r, &err, NULL);
+  struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(buf);
     return http_reply_fail(r, SBX_E_INTERNAL, "out of memory");
-  ssize_t got = want ? pread(fd, buf, want, from) : 0;
-  if (got < 0)
-    return http_reply_fail(r, SBX_E_INTERNAL, "read %s: %s", path, strerror(errno));
-  struct MHD_Response *resp =
-      MHD_create_response_from_buffer((size_t)got, buf, MHD_RESPMEM_MUST_COPY);
-  if (!resp)
-    return http_reply_fail(r, SBX_E_INTERNAL, "out of memory");
+  }
   char v[32];
-  snprintf(v, sizeof v, "%lld", (long long)st.st_size);
+  snprintf(v, sizeof v, "%lld", (long long)size);
   MHD_add_response_header(resp, "X-Sbx-Log-Size", v);
   snprintf(v, sizeof v, "%lld", (long long)from);
   MHD_add_response_header(resp, "X-Sbx-Offset", v);
@@ -485,29 +501,21 @@ static int64_t parse_time_ms(const char *ts) {
 
 /* The last non-empty line of the sandbox's log (driver->log_path). */
 static void last_log_line(json_t *sb, char *out, size_t n) {
-  sbx_sandbox_spec spec;
-  server_sandbox_spec(sb, &spec);
-  char path[4200];
+  size_t len;
+  off_t from, size;
   out[0] = '\0';
-  if (server_driver(sb)->log_path(&spec, path, sizeof path, NULL) < 0)
+  cleanup_free char *buf = log_tail(sb, 2048, &len, &from, &size, NULL);
+  if (!buf)
     return;
-  cleanup_fd int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) < 0)
-    return;
-  char buf[2048];
-  off_t from = st.st_size > (off_t)sizeof buf - 1 ? st.st_size - (off_t)sizeof buf + 1 : 0;
-  ssize_t k = pread(fd, buf, sizeof buf - 1, from);
-  if (k <= 0)
-    return;
+  size_t k = len;
   while (k > 0 && (buf[k - 1] == '\n' || buf[k - 1] == '\r'))
     k--;
   buf[k] = '\0';
   const char *line = strrchr(buf, '\n');
   line = line ? line + 1 : buf;
-  size_t len = strnlen(line, n - 1);
-  memcpy(out, line, len);
-  out[len] = '\0';
+  size_t keep = strnlen(line, n - 1);
+  memcpy(out, line, keep);
+  out[keep] = '\0';
 }
 
 /* A running sandbox whose agent (or VM) is gone without a stop: its execs end

@@ -207,6 +207,14 @@ class TestVmLifecycle(VmBase):
         r = self.req("POST", "/v1/sandboxes", {"driver": "firecracker"})
         self.assertError(r, 400, "invalid_request", field="driver")
 
+    @harness.ns_only("an ns sandbox's log")
+    def test_logs_of_an_ns_sandbox(self):
+        o = self.mk(name=unique("nslog"), driver="ns")
+        r = self.logs(o["id"])
+        self.assertEqual(r.status, 200, r)
+        self.assertIn(b"listening on fd", r.raw)
+        self.assertIsNone(o["accelerator"], o)
+
     def test_qemu_crash_marks_failed(self):
         name = unique("vmcrash")
         o = self.mkvm(name=name)
