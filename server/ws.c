@@ -4,8 +4,10 @@
  * libwebsockets.  A client either starts an exec (first message "start",
  * /v1/sandboxes/{ref}/exec/ws) and owns it, or attaches to one
  * (/v1/execs/{id}/ws).  Clients pull output from the session's retention at
- * their own pace, one frame per writable callback, so memory per client stays
- * constant; see session.c for how the owner's pace throttles the program.
+ * their own pace, one frame (binary clients: up to 1 MiB of whole records,
+ * written in place with one writev) per writable callback, so memory per
+ * client stays constant; see session.c for how the owner's pace throttles the
+ * program.
  */
 #include "ws.h"
 
