@@ -459,7 +459,9 @@ static int write_next(ws_client *c) {
       return write_json(c, gap) < 0 ? -1 : 1;
     }
     int rc;
-    if (c->binary && x->offset == c->sent[x->stream] && !lws_partial_buffered(c->wsi)) {
+    /* (writing around lws needs a plain socket: no TLS layer to bypass) */
+    if (c->binary && x->offset == c->sent[x->stream] && !lws_partial_buffered(c->wsi) &&
+        !lws_is_ssl(c->wsi)) {
       rc = write_batch(c, r);
     } else {
       c->cursor++;
