@@ -407,9 +407,9 @@ static void conn_size_sndbuf(agent_conn *c) {
 static int conn_splice_frame(agent_conn *c, int fd, uint32_t session, uint8_t type, size_t n) {
   uint8_t hdr[SBX_PROTO_HDR];
   sbx_proto_put_hdr(hdr, (uint32_t)n, session, type);
-  ssize_t w;
+  ssize_t w; /* write(), not send(): the transport need not be a socket */
   do
-    w = send(c->fd, hdr, sizeof hdr, MSG_DONTWAIT | MSG_NOSIGNAL);
+    w = write(c->fd, hdr, sizeof hdr);
   while (w < 0 && errno == EINTR);
   if (w < 0 && errno != EAGAIN) {
     conn_kill(c, strerror(errno));
@@ -422,7 +422,8 @@ static int conn_splice_frame(agent_conn *c, int fd, uint32_t session, uint8_t ty
       done += (size_t)k;
     } else if (k < 0 && errno == EINTR) {
       continue;
-    } else if (k < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+    } else if (k < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                         errno == ENOTSOCK)) {
       log_info("conn=%u cannot splice output (%s): reading it instead", c->serial,
                strerror(errno));
       c->no_splice = true;
