@@ -86,6 +86,7 @@ struct agent_conn {
   obuf out;
   bool dead;
   bool no_splice; /* the transport refused splice(): output is read and written */
+  bool sndbuf_set;  /* the send buffer was sized for output (conn_size_sndbuf) */
   agent_conn *next;
 };
 
@@ -395,6 +396,21 @@ static void session_kill_all(agent_session *s, int sig) {
  * FIONREAD and header send cost more than the copy saves. */
 #define AGENT_SPLICE_MIN (16u * 1024)
 
+/* Room in the socket for the output credit the gateway gives (several
+ * chunks per stream): with the default (~208 KiB, less than one chunk) a
+ * spliced chunk rarely fits whole, and once a splice is cut short the
+ * connection's output is read and copied until the queue drains.  The kernel
+ * caps SO_SNDBUF at net.core.wmem_max; SO_SNDBUFFORCE passes that where we
+ * may (CAP_NET_ADMIN); failing both just keeps the default. */
+#define AGENT_SNDBUF (4u << 20)
+
+static void conn_size_sndbuf(agent_conn *c) {
+  c->sndbuf_set = true;
+  int v = AGENT_SNDBUF;
+  if (setsockopt(c->fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof v) < 0)
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+}
+
 /* Send one output frame of n bytes whose payload is in the session's pipe:
  * the header now, then the payload moved by splice() from the pipe into the
  * socket (the kernel hands the pipe's pages over, so the agent copies
@@ -406,9 +422,9 @@ static void session_kill_all(agent_session *s, int sig) {
 static int conn_splice_frame(agent_conn *c, int fd, uint32_t session, uint8_t type, size_t n) {
   uint8_t hdr[SBX_PROTO_HDR];
   sbx_proto_put_hdr(hdr, (uint32_t)n, session, type);
-  ssize_t w;
+  ssize_t w; /* write(), not send(): the transport need not be a socket */
   do
-    w = send(c->fd, hdr, sizeof hdr, MSG_DONTWAIT | MSG_NOSIGNAL);
+    w = write(c->fd, hdr, sizeof hdr);
   while (w < 0 && errno == EINTR);
   if (w < 0 && errno != EAGAIN) {
     conn_kill(c, strerror(errno));
@@ -421,7 +437,8 @@ static int conn_splice_frame(agent_conn *c, int fd, uint32_t session, uint8_t ty
       done += (size_t)k;
     } else if (k < 0 && errno == EINTR) {
       continue;
-    } else if (k < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+    } else if (k < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+                         errno == ENOTSOCK)) {
       log_info("conn=%u cannot splice output (%s): reading it instead", c->serial,
                strerror(errno));
       c->no_splice = true;
@@ -465,6 +482,8 @@ static bool session_read_stream(agent_session *s, int which) {
   size_t want = s->credit[which] < SBX_PROTO_CHUNK ? (size_t)s->credit[which] : SBX_PROTO_CHUNK;
   agent_conn *c = s->owner;
   uint8_t type = which == OUT_STDOUT ? SBX_F_STDOUT : SBX_F_STDERR;
+  if (!c->sndbuf_set)
+    conn_size_sndbuf(c);
   int avail = 0;
   /* a pipe with a good chunk waiting and nothing queued ahead: splice it */
   if (!s->tty && !c->no_splice && c->out.len == 0 && want >= AGENT_SPLICE_MIN &&
@@ -537,8 +556,8 @@ static void session_grace_expired(agent_session *s) {
   for (int w = 0; w < 2; w++) {
     int guard = 0;
     while (s->out_fd[w] >= 0 && s->credit[w] > 0 && s->owner && guard++ < 1024) {
-      size_t before = s->owner->out.len;
-      if (!session_read_stream(s, w) || s->owner->out.len == before)
+      uint64_t before = s->sent[w]; /* (a spliced frame does not grow the queue) */
+      if (!session_read_stream(s, w) || s->sent[w] == before)
         break;
     }
   }
