@@ -1207,7 +1207,8 @@ static void port_service(agent *a) {
     fcntl(a->port.fd, F_SETFL, fl & ~O_ASYNC);
   a->port_conn = conn_add(a, a->port.fd);
   a->port.fd = -1;
-  /* a port is a character device: the splice path's send() is for sockets */
+  /* a port is a character device: no socket send buffer to size, and its
+   * splice_write copies anyway; read and write it plainly */
   if (a->port_conn)
     a->port_conn->no_splice = true;
 }
