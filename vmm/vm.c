@@ -160,9 +160,33 @@ static int walk_one(const char *path, const struct stat *st, int type, struct FT
   return 0;
 }
 
+/* Once an image changed: remove its older disks from the cache.  VMs still
+ * running on one keep it open (the name goes, the file stays until QEMU
+ * exits); their next start builds from the image as it is, as an ns
+ * sandbox sees the folder as it is. */
+static void drop_old_disks(const char *cache, const char *image, const char *keep) {
+  DIR *d = opendir(cache);
+  if (!d)
+    return;
+  size_t n = strlen(image);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *name = e->d_name;
+    size_t len = strlen(name);
+    /* "<image>-<16 hex>.ext4" */
+    if (len != n + 1 + 16 + 5 || strncmp(name, image, n) != 0 || name[n] != '-' ||
+        strspn(name + n + 1, "0123456789abcdef") != 16 || strcmp(name + len - 5, ".ext4") != 0)
+      continue;
+    char p[PATH_MAX];
+    if (ns_join(p, sizeof p, cache, name) == 0 && strcmp(p, keep) != 0 && unlink(p) == 0)
+      log_info("vm: removed the outdated disk %s", p);
+  }
+  closedir(d);
+}
+
 /* The read-only ext4 disk of an image folder, built on first use and cached
- * by a fingerprint of the folder's metadata (a changed image gets a new disk;
- * old disks stay until removed by hand). */
+ * by a fingerprint of the folder's metadata: a changed image gets a new disk
+ * and its older ones are removed. */
 static int image_disk(const sbx_sandbox_spec *s, const char *sbdir, char *out, size_t n,
                       sbx_err *err) {
   if (!s->image || strcmp(s->image, "host") == 0)
@@ -207,6 +231,7 @@ static int image_disk(const sbx_sandbox_spec *s, const char *sbdir, char *out, s
   }
   log_info("vm: built the disk of image %s (%" PRIu64 " MiB) in %" PRId64 " ms: %s", s->image,
            mib, sbx_mono_ms() - t0, out);
+  drop_old_disks(cache, s->image, out);
   return 0;
 }
 
@@ -267,6 +292,18 @@ static void clean_run_files(const char *dir) {
   static const char *const names[] = {VM_AGENT_SOCK, VM_CTL_SOCK, VM_QEMU_PID, NS_PIDFILE};
   for (size_t i = 0; i < SBX_ARRAY_LEN(names); i++)
     ns_unlink_in(dir, names[i]);
+}
+
+/* At a boot, a console log over VM_CONSOLE_MAX becomes console.log.1 (the
+ * one before is dropped): one running boot can only add warnings. */
+static void rotate_console(const char *dir) {
+  char p[PATH_MAX], old[PATH_MAX + 4];
+  struct stat st;
+  if (ns_join(p, sizeof p, dir, VM_CONSOLE) < 0 || stat(p, &st) < 0 || st.st_size <= VM_CONSOLE_MAX)
+    return;
+  snprintf(old, sizeof old, "%s.1", p);
+  if (rename(p, old) < 0)
+    log_warn("vm: rotate %s: %s", p, strerror(errno));
 }
 
 /* The console log's size now: start() watches what the new boot appends. */
@@ -483,6 +520,7 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
   const char *argv[80];
   if (qemu_argv(s, dir, img, kernel, initrd, buf, sizeof buf, argv, SBX_ARRAY_LEN(argv), err) < 0)
     return -1;
+  rotate_console(dir);
   char boot[128], now[40];
   sbx_rfc3339(sbx_now_ms(), now, sizeof now);
   snprintf(boot, sizeof boot, "\n---- sbxd: booting %s (%s) at %s ----\n", s->id, vmm_vm_accel(), now);

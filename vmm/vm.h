@@ -19,6 +19,7 @@
 #define VM_CONSOLE "console.log"
 #define VM_QEMU_LOG "qemu.log"
 #define VM_QEMU_PID "qemu.pid"
+#define VM_CONSOLE_MAX (4 << 20) /* rotated at a boot beyond this (console.log.1) */
 
 /* What the agent prints on the console once it serves its port. */
 #define VM_READY_MARK "serving port"

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 import unittest
 
@@ -258,6 +259,30 @@ class TestVmLifecycle(VmBase):
             self.assertEqual(qemu_pids(os.path.join(self.srv.data_dir, "sandboxes", sid)), [])
         finally:
             os.remove(path)  # the next create builds it again
+
+    def test_changed_image_gets_a_new_disk(self):
+        import shutil
+        image = unique("img")
+        src = os.path.join(self.images_dir, image)
+        subprocess.run(["cp", "-al", os.path.join(self.images_dir, IMAGE), src], check=True)
+        try:
+            cache = os.path.join(self.srv.data_dir, "vm-images")
+            first = self.mk(**vm_fields(name=unique("img1"), image=image))
+            disks1 = [f for f in os.listdir(cache) if f.startswith(image + "-")]
+            self.assertEqual(len(disks1), 1, disks1)
+            with open(os.path.join(src, "etc", "version"), "w") as f:
+                f.write("v2\n")
+            second = self.mk(**vm_fields(name=unique("img2"), image=image))
+            disks2 = [f for f in os.listdir(cache) if f.startswith(image + "-")]
+            self.assertEqual(len(disks2), 1, disks2)
+            self.assertNotEqual(disks1, disks2)  # the outdated disk is gone
+            self.assertEqual(self.sh_ok(second["id"], "cat /etc/version"), "v2\n")
+            # the first VM still runs on the disk it opened
+            r = self.shell(first["id"], "cat /etc/version 2>&1; echo alive")
+            self.assertEqual(r.status, 200, r)
+            self.assertTrue(r.json["stdout"].endswith("alive\n"), r)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
 
     def test_missing_kernel(self):
         srv = Server(images_dir=self.images_dir)
