@@ -393,20 +393,50 @@ sbx_sandbox *sbx_sandbox_start(sbx_client *c, const char *ref, sbx_error *err) {
   return sandbox_call(c, "POST", ref, "/start", err);
 }
 
-int sbx_sandbox_remove(sbx_client *c, const char *ref, sbx_error *err) {
-  if (!ref || !*ref) {
-    sbxc_seterr(err, SBX_ERR_INVALID_REQUEST, "empty sandbox reference");
-    return -1;
+/* "{base}/{escaped id}{suffix}" or NULL (err filled; what names the id). */
+static char *obj_path(const char *base, const char *what, const char *id, const char *suffix,
+                      sbx_error *err) {
+  if (!id || !*id) {
+    sbxc_seterr(err, SBX_ERR_INVALID_REQUEST, "empty %s", what);
+    return NULL;
   }
-  cleanup_cfree char *e = sbxc_escape(ref);
-  cleanup_cfree char *path = NULL;
-  if (!e || asprintf(&path, "/v1/sandboxes/%s", e) < 0) {
-    path = NULL;
+  cleanup_cfree char *e = sbxc_escape(id);
+  char *p = NULL;
+  if (!e || asprintf(&p, "%s/%s%s", base, e, suffix) < 0) {
     sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
-    return -1;
+    return NULL;
   }
+  return p;
+}
+
+int sbx_sandbox_remove(sbx_client *c, const char *ref, sbx_error *err) {
+  cleanup_cfree char *path = obj_path("/v1/sandboxes", "sandbox reference", ref, "", err);
+  if (!path)
+    return -1;
   cleanup_json json_t *j = call_json(c, "DELETE", path, NULL, NULL, err);
   return j ? 0 : -1;
+}
+
+int sbx_sandbox_logs(sbx_client *c, const char *ref, long tail_bytes, unsigned char **data,
+                     size_t *len, sbx_error *err) {
+  *data = NULL;
+  *len = 0;
+  char suffix[64] = "/logs";
+  if (tail_bytes > 0)
+    snprintf(suffix, sizeof suffix, "/logs?tail_bytes=%ld", tail_bytes);
+  cleanup_cfree char *p = obj_path("/v1/sandboxes", "sandbox reference", ref, suffix, err);
+  if (!p)
+    return -1;
+  cleanup_reply sbxc_reply r;
+  if (sbxc_http(c, "GET", p, NULL, 0, NULL, &r, err) < 0)
+    return -1;
+  if (r.status != 200) {
+    sbxc_err_from_reply(err, &r);
+    return -1;
+  }
+  *len = r.body.len;
+  *data = steal_ptr(&r.body.data);
+  return 0;
 }
 
 static const char *jstr(json_t *j, const char *k) { return json_string_value(json_object_get(j, k)); }
@@ -422,6 +452,7 @@ const char *sbx_sandbox_workdir(const sbx_sandbox *s) { return jstr(s->j, "workd
 const char *sbx_sandbox_shell(const sbx_sandbox *s) { return jstr(s->j, "shell"); }
 const char *sbx_sandbox_network(const sbx_sandbox *s) { return jstr(s->j, "network"); }
 const char *sbx_sandbox_driver(const sbx_sandbox *s) { return jstr(s->j, "driver"); }
+const char *sbx_sandbox_accelerator(const sbx_sandbox *s) { return jstr(s->j, "accelerator"); }
 const char *sbx_sandbox_created_at(const sbx_sandbox *s) { return jstr(s->j, "created_at"); }
 const char *sbx_sandbox_started_at(const sbx_sandbox *s) { return jstr(s->j, "started_at"); }
 const char *sbx_sandbox_stopped_at(const sbx_sandbox *s) { return jstr(s->j, "stopped_at"); }
@@ -713,17 +744,7 @@ void sbx_exec_info_free(sbx_exec_info *e) {
 
 /* "/v1/execs/{escaped id}{suffix}" or NULL (err filled). */
 static char *exec_path(const char *id, const char *suffix, sbx_error *err) {
-  if (!id || !*id) {
-    sbxc_seterr(err, SBX_ERR_INVALID_REQUEST, "empty exec id");
-    return NULL;
-  }
-  cleanup_cfree char *e = sbxc_escape(id);
-  char *p = NULL;
-  if (!e || asprintf(&p, "/v1/execs/%s%s", e, suffix) < 0) {
-    sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
-    return NULL;
-  }
-  return p;
+  return obj_path("/v1/execs", "exec id", id, suffix, err);
 }
 
 sbx_exec_info *sbx_exec_get(sbx_client *c, const char *id, sbx_error *err) {

@@ -124,7 +124,7 @@ typedef struct sbx_create_opts {
   const char *const *labels;         /* NULL-terminated "K=V" list */
   long idle_timeout_s;               /* 0 = not sent */
   long max_duration_s;
-  const char *driver;                /* "ns" */
+  const char *driver;                /* "ns" or "vm" */
   int replace;                       /* remove a sandbox of that name first */
 } sbx_create_opts;
 
@@ -137,6 +137,11 @@ sbx_sandbox *sbx_sandbox_get(sbx_client *c, const char *ref, sbx_error *err);
 /* POST .../stop and .../start: the sandbox as it is afterwards. */
 sbx_sandbox *sbx_sandbox_stop(sbx_client *c, const char *ref, sbx_error *err);
 sbx_sandbox *sbx_sandbox_start(sbx_client *c, const char *ref, sbx_error *err);
+/* GET /v1/sandboxes/{ref}/logs: the last tail_bytes (0: the server's default,
+ * 64 KiB) of the sandbox's log (vm: serial console; ns: agent log), malloc'd
+ * in *data (caller frees) with *len bytes. */
+int sbx_sandbox_logs(sbx_client *c, const char *ref, long tail_bytes, unsigned char **data,
+                     size_t *len, sbx_error *err);
 /* DELETE /v1/sandboxes/{ref}: 0 on 204. */
 int sbx_sandbox_remove(sbx_client *c, const char *ref, sbx_error *err);
 void sbx_sandbox_free(sbx_sandbox *s);
@@ -149,6 +154,7 @@ const char *sbx_sandbox_workdir(const sbx_sandbox *s);
 const char *sbx_sandbox_shell(const sbx_sandbox *s);
 const char *sbx_sandbox_network(const sbx_sandbox *s);
 const char *sbx_sandbox_driver(const sbx_sandbox *s);
+const char *sbx_sandbox_accelerator(const sbx_sandbox *s); /* "kvm"/"tcg" (vm), NULL (ns) */
 const char *sbx_sandbox_created_at(const sbx_sandbox *s);
 const char *sbx_sandbox_started_at(const sbx_sandbox *s); /* NULL if never */
 const char *sbx_sandbox_stopped_at(const sbx_sandbox *s); /* NULL if not stopped */

@@ -212,6 +212,7 @@ static int cmd_create(int argc, char **argv) {
       "Create and start a sandbox; prints its id.\n"
       "  -n, --name NAME       unique name\n"
       "      --image IMAGE     \"host\" (default) or an image folder of the server\n"
+      "      --driver D        ns (namespaces) or vm (a QEMU microVM; needs --image)\n"
       "  -m, --memory MIB      memory limit in MiB\n"
       "      --cpus N          CPU limit (e.g. 0.5)\n"
       "      --pids N          process limit\n"
@@ -227,7 +228,8 @@ static int cmd_create(int argc, char **argv) {
       {"pids", required_argument, NULL, 'p'}, {"disk", required_argument, NULL, 'd'},
       {"env", required_argument, NULL, 'e'}, {"label", required_argument, NULL, 'l'},
       {"workdir", required_argument, NULL, 'w'}, {"shell", required_argument, NULL, 's'},
-      {"replace", no_argument, NULL, 'r'}, COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+      {"replace", no_argument, NULL, 'r'}, {"driver", required_argument, NULL, 'D'},
+      COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
   sbx_create_opts o = {0};
   strlist env = {0}, labels = {0};
   int c;
@@ -238,6 +240,7 @@ static int cmd_create(int argc, char **argv) {
     switch (c) {
     case 'n': o.name = optarg; break;
     case 'I': o.image = optarg; break;
+    case 'D': o.driver = optarg; break;
     case 'm':
       if (!parse_long(optarg, &o.memory_mib) || o.memory_mib <= 0)
         return usage_error("create ", "bad --memory %s", optarg);
@@ -399,6 +402,41 @@ static int cmd_inspect(int argc, char **argv) {
     sbx_sandbox_free(s);
   }
   return status;
+}
+
+static int cmd_console(int argc, char **argv) {
+  static const char help[] =
+      "Usage: sbx console REF [--tail BYTES]\n"
+      "Print the end of a sandbox's log: a VM's serial console (boot, guest kernel,\n"
+      "agent), an ns sandbox's agent log.\n";
+  static const struct option lo[] = {
+      {"tail", required_argument, NULL, 't'}, COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+  long tail = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "t:", lo, NULL)) != -1) {
+    if (common_opt(c))
+      continue;
+    if (c == 't') {
+      if (!parse_long(optarg, &tail) || tail <= 0)
+        return usage_error("console ", "bad --tail %s", optarg);
+    } else if (c == OPT_HELP) {
+      printf("%s%s", help, common_help);
+      return 0;
+    } else
+      return bad_option("console ", argv);
+  }
+  if (optind + 1 != argc)
+    return usage_error("console ", optind >= argc ? "missing REF" : "one REF only");
+  if (connect_client())
+    return EXIT_API;
+  sbx_error e;
+  unsigned char *data;
+  size_t len;
+  if (sbx_sandbox_logs(client, argv[optind], tail, &data, &len, &e) < 0)
+    return api_error(argv[optind], &e);
+  fwrite(data, 1, len, stdout);
+  free(data);
+  return 0;
 }
 
 static int cmd_lifecycle(int argc, char **argv, const char *cmd) {
@@ -1447,9 +1485,11 @@ static const char main_help[] =
     "Usage: sbx [--url URL] [--key KEY] [--json] COMMAND [ARGS...]\n"
     "The command-line client of sbxd.\n\n"
     "Sandboxes:\n"
-    "  create [--name N] [--image I] [--memory MIB] [--cpus N] [--env K=V]... [--label K=V]...\n"
+    "  create [--name N] [--image I] [--driver ns|vm] [--memory MIB] [--cpus N]\n"
+    "         [--env K=V]... [--label K=V]...\n"
     "  ls                       list sandboxes\n"
     "  inspect REF...           one sandbox as JSON\n"
+    "  console REF [--tail N]   a sandbox's log (a VM's serial console)\n"
     "  stop|start|rm REF...     lifecycle\n"
     "Execs:\n"
     "  exec REF [-w CWD] [-e K=V] [-u USER] [-t TIMEOUT] [-i] [-T] -- CMD ARGS...\n"
@@ -1496,6 +1536,8 @@ int main(int argc, char **argv) {
     rc = cmd_ls(sub_argc, sub_argv);
   else if (strcmp(cmd, "inspect") == 0)
     rc = cmd_inspect(sub_argc, sub_argv);
+  else if (strcmp(cmd, "console") == 0)
+    rc = cmd_console(sub_argc, sub_argv);
   else if (strcmp(cmd, "stop") == 0 || strcmp(cmd, "start") == 0 || strcmp(cmd, "rm") == 0)
     rc = cmd_lifecycle(sub_argc, sub_argv, cmd);
   else if (strcmp(cmd, "exec") == 0)

@@ -284,6 +284,31 @@ class TestVmLifecycle(VmBase):
         finally:
             shutil.rmtree(src, ignore_errors=True)
 
+    def test_cli(self):
+        sbx = os.path.join(harness.BUILD_DIR, "sbx")
+        env = dict(os.environ, SBX_URL="http://127.0.0.1:%d" % self.srv.port)
+
+        def run(*args):
+            return subprocess.run([sbx] + list(args), env=env, capture_output=True, text=True,
+                                  timeout=180)
+        name = unique("vmcli")
+        r = run("create", "--name", name, "--driver", "vm", "--image", IMAGE)
+        self.assertEqual(r.returncode, 0, r)
+        self.track(r.stdout.strip())
+        r = run("exec", name, "--", "uname", "-r")
+        self.assertEqual((r.returncode, r.stdout.strip().endswith("cloud-amd64")), (0, True), r)
+        r = run("console", name)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn("sbx-init: exec sbx-agent", r.stdout)
+        r = subprocess.run([sbx, "console", name, "--tail", "5"], env=env, capture_output=True,
+                           timeout=60)  # bytes: the console ends lines with \r\n
+        self.assertEqual((r.returncode, len(r.stdout)), (0, 5), r)
+        r = run("console", "nope-" + unique())
+        self.assertEqual(r.returncode, 1, r)
+        r = run("create", "--driver", "vm")  # no image: the server says which field
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("image", r.stderr)
+
     def test_missing_kernel(self):
         srv = Server(images_dir=self.images_dir)
         old = os.environ.get("SBX_VM_DIR")

@@ -200,6 +200,18 @@ START_TEST(test_sandbox_all_fields) {
   ck_assert_ptr_null(sbx_sandbox_error(s));
   ck_assert_ptr_nonnull(strstr(sbx_sandbox_json(s), "\"tier\":\"web\""));
   ck_assert_int_eq(strncmp(sbx_sandbox_id(s), "sbx_", 4), 0);
+  ck_assert_ptr_null(sbx_sandbox_accelerator(s)); /* ns */
+  /* the sandbox's log: the ns agent's, whole and as a tail */
+  unsigned char *log = NULL;
+  size_t loglen = 0;
+  ck_assert_msg(sbx_sandbox_logs(c, name, 0, &log, &loglen, &e) == 0, "%s", e.message);
+  ck_assert_ptr_nonnull(memmem(log, loglen, "listening on fd", 15));
+  free(log);
+  ck_assert_int_eq(sbx_sandbox_logs(c, name, 3, &log, &loglen, &e), 0);
+  ck_assert_uint_eq(loglen, 3);
+  free(log);
+  ck_assert_int_eq(sbx_sandbox_logs(c, "no-such-sandbox", 0, &log, &loglen, &e), -1);
+  ck_assert_int_eq(e.kind, SBX_ERR_SANDBOX_NOT_FOUND);
 
   /* get by name and by id */
   sbx_sandbox *g = sbx_sandbox_get(c, name, &e);
