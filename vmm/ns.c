@@ -454,6 +454,17 @@ void ns_log_tail(const char *dir, const char *name, char *out, size_t n) {
   snprintf(out, n, "%s", last ? last + 1 : s);
 }
 
+void ns_spawn_clean(posix_spawnattr_t *at, short flags) {
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  sigdelset(&all, SIGKILL);
+  sigdelset(&all, SIGSTOP);
+  posix_spawnattr_setsigmask(at, &none);
+  posix_spawnattr_setsigdefault(at, &all);
+  posix_spawnattr_setflags(at, (short)(flags | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF));
+}
+
 static void spawn_cleanup(posix_spawn_file_actions_t *fa, posix_spawnattr_t *at) {
   posix_spawn_file_actions_destroy(fa);
   posix_spawnattr_destroy(at);
@@ -491,18 +502,11 @@ static int spawn_launcher(const sbx_sandbox_spec *s, const char *dir, pid_t *lpi
   posix_spawnattr_t at;
   posix_spawn_file_actions_init(&fa);
   posix_spawnattr_init(&at);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  sigdelset(&all, SIGKILL);
-  sigdelset(&all, SIGSTOP);
-  /* sbxd may block or ignore signals (SIGPIPE...); the launcher starts clean */
-  posix_spawnattr_setsigmask(&at, &none);
-  posix_spawnattr_setsigdefault(&at, &all);
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  ns_spawn_clean(&at, 0);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, w, 1);
   posix_spawn_file_actions_addopen(&fa, 2, logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3); /* not all of sbxd's are CLOEXEC */
   pid_t pid;
   int e = posix_spawn(&pid, launcher, &fa, &at, (char *const *)argv, environ);
   spawn_cleanup(&fa, &at);

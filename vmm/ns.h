@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <spawn.h>
 #include <sys/types.h>
 
 #include "../common/err.h"
@@ -76,6 +77,10 @@ int ns_lock_existing(const char *dir, bool *gone, sbx_err *err);
 /* SIGKILL the process the pid file names (the ns agent, a VM's QEMU) and
  * everything in the sandbox's cgroups, and wait up to 5 s until all are gone. */
 int ns_kill_sandbox(const char *dir, sbx_err *err);
+/* sbxd blocks SIGTERM/SIGINT in every thread and ignores SIGPIPE: a program
+ * it spawns (sbx-launch, QEMU, mkfs) starts with no signal blocked and every
+ * disposition default.  flags: more POSIX_SPAWN_* flags to set. */
+void ns_spawn_clean(posix_spawnattr_t *at, short flags);
 /* Remove a stopped sandbox's cgroups (path list in <dir>/cgroups) and dir. */
 int ns_remove_dir(const char *dir, sbx_err *err);
 /* unlink <dir>/<name>, ignoring errors. */

@@ -41,9 +41,6 @@
 
 extern char **environ;
 
-static void free_strp(char **p) { free(*p); }
-#define cleanup_str __attribute__((cleanup(free_strp)))
-
 /* ------------------------------------------------------------------ */
 /* paths                                                               */
 
@@ -95,9 +92,12 @@ static int run_tool(const char *const argv[], const char *dir, const char *logna
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  /* nothing of sbxd's: some of its descriptors (libwebsockets' wake-up pipe)
+   * are not close-on-exec, and QEMU lives on as the VM */
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   /* its own process group: a timeout kills all of it */
   posix_spawnattr_setpgroup(&at, 0);
-  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
+  ns_spawn_clean(&at, POSIX_SPAWN_SETPGROUP);
   pid_t pid;
   int e = posix_spawnp(&pid, argv[0], &fa, &at, (char *const *)argv, environ);
   posix_spawn_file_actions_destroy(&fa);
@@ -349,7 +349,7 @@ static bool console_has(const char *dir, off_t from, const char *needle) {
 static void console_reason(const char *dir, off_t from, char *out, size_t n) {
   char p[PATH_MAX];
   out[0] = '\0';
-  cleanup_str char *text = NULL;
+  cleanup_free char *text = NULL;
   if (ns_join(p, sizeof p, dir, VM_CONSOLE) == 0) {
     cleanup_fd int fd = open(p, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -478,7 +478,7 @@ static int read_qemu_pid(const char *dir, pid_t *pid) {
   char p[PATH_MAX];
   if (ns_join(p, sizeof p, dir, VM_QEMU_PID) < 0)
     return -1;
-  cleanup_str char *s = sbx_read_file(p, 64, NULL);
+  cleanup_free char *s = sbx_read_file(p, 64, NULL);
   int v = 0;
   if (!s || sscanf(s, "%d", &v) != 1 || v <= 1)
     return -1;
@@ -499,7 +499,7 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
     return -1;
   clean_run_files(dir);
   { /* a cgroup of an earlier run: limits may have changed */
-    cleanup_str char *old = ns_read_cgroups(dir);
+    cleanup_free char *old = ns_read_cgroups(dir);
     if (old)
       cgroup_remove(old, NULL);
   }
@@ -509,7 +509,7 @@ static int start_locked(const sbx_sandbox_spec *s, const char *dir, pid_t *out_p
       .memory_mib = (s->memory_mib > 0 ? s->memory_mib : VM_MEM_DEFAULT_MIB) + VM_QEMU_OVERHEAD_MIB,
       .cpus = s->cpus,
       .pids = VM_QEMU_PIDS};
-  cleanup_str char *cg = NULL;
+  cleanup_free char *cg = NULL;
   if (cgroup_create(s->id, &lim, &cg, err) < 0)
     return -1;
   char p[PATH_MAX];

@@ -120,6 +120,32 @@ class TestVm(VmBase):
         self.assertGreater(int(n), 40, r)
         self.assertEqual(self.sh_ok("vm-main", "hostname").strip(), "vm-main")
 
+    def test_qemu_confined(self):
+        pids = qemu_pids(os.path.join(self.srv.data_dir, "sandboxes", self.sb["id"]))
+        self.assertEqual(len(pids), 1, pids)
+        status = dict(line.split(":", 1) for line in
+                      open("/proc/%d/status" % pids[0]).read().splitlines())
+        self.assertGreaterEqual(int(status["Uid"].split()[0]), 300000, status["Uid"])
+        self.assertEqual(int(status["CapEff"], 16), 0)
+        self.assertEqual(status["NoNewPrivs"].strip(), "1")
+        self.assertEqual(status["Seccomp"].strip(), "2")  # QEMU's own filter
+        # its own cgroups, named after the sandbox
+        cg = open("/proc/%d/cgroup" % pids[0]).read()
+        self.assertIn("/sbx/" + self.sb["id"], cg)
+
+        def links(pid):
+            out = set()
+            for fd in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    out.add(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+                except OSError:
+                    pass
+            return out
+        # no descriptor of sbxd's leaked into it (sockets, pipes, the database)
+        shared = {l for l in links(pids[0]) & links(self.srv.pid)
+                  if l.startswith(("socket:", "pipe:", "anon_inode:")) or l.endswith(".db")}
+        self.assertEqual(shared, set())
+
     def test_image_read_only_layer_writable(self):
         self.sh_ok("vm-main", "echo changed > /etc/motd-test && cat /etc/motd-test")
         with open(os.path.join(self.images_dir, IMAGE, "etc", "passwd")) as f:
