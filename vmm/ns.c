@@ -506,7 +506,7 @@ static int spawn_launcher(const sbx_sandbox_spec *s, const char *dir, pid_t *lpi
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&fa, w, 1);
   posix_spawn_file_actions_addopen(&fa, 2, logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addclosefrom_np(&fa, 3); /* not all of sbxd's are CLOEXEC */
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3); /* what sbxd inherited, too */
   pid_t pid;
   int e = posix_spawn(&pid, launcher, &fa, &at, (char *const *)argv, environ);
   spawn_cleanup(&fa, &at);

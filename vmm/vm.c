@@ -92,8 +92,9 @@ static int run_tool(const char *const argv[], const char *dir, const char *logna
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  /* nothing of sbxd's: some of its descriptors (libwebsockets' wake-up pipe)
-   * are not close-on-exec, and QEMU lives on as the VM */
+  /* nothing of sbxd's: its own descriptors are close-on-exec, but what it
+   * inherited may not be (seen: a stray pipe of the shell that started it),
+   * and QEMU lives on as the VM */
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);
   /* its own process group: a timeout kills all of it */
   posix_spawnattr_setpgroup(&at, 0);

@@ -213,8 +213,10 @@ class Server:
     """A real sbxd process.  One per test class (see SbxTestCase)."""
 
     def __init__(self, images_dir=None, data_dir=None, data_parent=None, extra=(),
-                 host="127.0.0.1"):
-        """extra: more sbxd flags (e.g. ["--retain-bytes", "2097152"]); host: --listen host."""
+                 host="127.0.0.1", pass_fds=()):
+        """extra: more sbxd flags (e.g. ["--retain-bytes", "2097152"]); host: --listen host;
+        pass_fds: descriptors sbxd inherits (a careless parent's)."""
+        self.pass_fds = tuple(pass_fds)
         _LIVE_SERVERS.append(self)
         self.extra = list(extra)
         self.host = host
@@ -243,7 +245,7 @@ class Server:
             log.write(("\n=== harness: starting %s\n" % " ".join(args)).encode())
             log.flush()
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=REPO)
+                                         cwd=REPO, pass_fds=self.pass_fds)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

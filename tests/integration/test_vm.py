@@ -133,19 +133,25 @@ class TestVm(VmBase):
         cg = open("/proc/%d/cgroup" % pids[0]).read()
         self.assertIn("/sbx/" + self.sb["id"], cg)
 
-        def links(pid):
-            out = set()
-            for fd in os.listdir("/proc/%d/fd" % pid):
-                try:
-                    out.add(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
-                except OSError:
-                    pass
-            return out
-        # no descriptor of sbxd's leaked into it (sockets and pipes have inode numbers in
-        # their names; every eventfd is called the same)
-        shared = {l for l in links(pids[0]) & links(self.srv.pid)
-                  if l.startswith(("socket:", "pipe:")) or l.endswith(".db")}
-        self.assertEqual(shared, set())
+        # sbxd's own descriptors are close-on-exec, but not necessarily what it
+        # inherited: one started with a stray pipe must not hand it to QEMU
+        r, w = os.pipe()
+        os.set_inheritable(w, True)
+        srv = Server(images_dir=self.images_dir, pass_fds=(w,))
+        try:
+            srv.start()
+            o = srv.request("POST", "/v1/sandboxes", vm_fields(), timeout=180)
+            self.assertEqual(o.status, 201, o)
+            q = qemu_pids(os.path.join(srv.data_dir, "sandboxes", o.json["id"]))
+            self.assertEqual(len(q), 1, q)
+            stray = os.readlink("/proc/%d/fd/%d" % (srv.pid, w))
+            mine = [os.readlink("/proc/%d/fd/%s" % (q[0], fd)) for fd in
+                    os.listdir("/proc/%d/fd" % q[0])]
+            self.assertNotIn(stray, mine)
+        finally:
+            srv.cleanup()
+            os.close(r)
+            os.close(w)
 
     def test_image_read_only_layer_writable(self):
         self.sh_ok("vm-main", "echo changed > /etc/motd-test && cat /etc/motd-test")
