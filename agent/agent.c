@@ -87,6 +87,7 @@ struct agent_conn {
   bool dead;
   bool no_splice; /* the transport refused splice(): output is read and written */
   bool sndbuf_set;  /* the send buffer was sized for output (conn_size_sndbuf) */
+  char nonce[72];   /* of the last SYNC answered: another one is another gateway */
   agent_conn *next;
 };
 
@@ -913,6 +914,24 @@ static json_t *parse_object(agent_conn *c, const sbx_frame_hdr *h, const uint8_t
   return j;
 }
 
+/* The gateway behind c is gone: its sessions lose their owner (and those
+ * that asked for it, their processes). */
+static void conn_orphan_sessions(agent *a, agent_conn *c) {
+  for (agent_session *s = a->sessions; s; s = s->next) {
+    if (s->owner != c)
+      continue;
+    s->owner = NULL;
+    s->credit[0] = s->credit[1] = 0;
+    if (s->kill_on_disconnect && s->state != SS_ENDED) {
+      log_info("session=%u owner gone: killing its processes", s->id);
+      s->disconnect_killed = true;
+      session_kill_all(s, SIGKILL);
+      /* nobody will take its remaining output: end it once reaped */
+      session_close_outputs(s);
+    }
+  }
+}
+
 /* HELLO in answer to a SYNC: the nonce is the first member, so that the
  * gateway can find this frame by its bytes (agent/proto.h). */
 static void send_hello(agent *a, agent_conn *c, const char *nonce) {
@@ -1094,10 +1113,21 @@ static void handle_frame(agent *a, agent_conn *c, const sbx_frame_hdr *h, const 
       return;
     const char *nonce = json_string_value(json_object_get(j, "nonce"));
     bool ok = nonce && strlen(nonce) <= 64 && strspn(nonce, "0123456789abcdef") == strlen(nonce);
-    if (ok)
+    if (ok && c->nonce[0] && strcmp(c->nonce, nonce) != 0) {
+      /* a new gateway on the same byte stream: a port whose host side was
+       * closed and reopened faster than we could see the hang-up.  What the
+       * old one owned is orphaned as if its connection had closed, and what
+       * was queued for it is dropped (the new one skips to our hello). */
+      log_info("conn=%u a new gateway (another SYNC nonce): the old one is gone", c->serial);
+      conn_orphan_sessions(a, c);
+      c->out.head = c->out.len = 0;
+    }
+    if (ok) {
+      snprintf(c->nonce, sizeof c->nonce, "%s", nonce);
       send_hello(a, c, nonce);
-    else
+    } else {
       conn_kill(c, "SYNC without a hex nonce");
+    }
     json_decref(j);
     return;
   }
@@ -1286,19 +1316,7 @@ static void sweep(agent *a) {
       pc = &c->next;
       continue;
     }
-    for (agent_session *s = a->sessions; s; s = s->next) {
-      if (s->owner != c)
-        continue;
-      s->owner = NULL;
-      s->credit[0] = s->credit[1] = 0;
-      if (s->kill_on_disconnect && s->state != SS_ENDED) {
-        log_info("session=%u owner gone: killing its processes", s->id);
-        s->disconnect_killed = true;
-        session_kill_all(s, SIGKILL);
-        /* nobody will take its remaining output: end it once reaped */
-        session_close_outputs(s);
-      }
-    }
+    conn_orphan_sessions(a, c);
     *pc = c->next;
     a->nconns--;
     if (c == a->port_conn)

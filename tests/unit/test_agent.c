@@ -759,6 +759,42 @@ START_TEST(test_concurrent_sessions) {
 }
 END_TEST
 
+/* A SYNC with another nonce on the same connection is another gateway (a
+ * virtio-serial port reopened on the host faster than the guest saw the
+ * hang-up): the old one's sessions are orphaned as on a disconnect, and the
+ * hello answers the new nonce.  The same nonce again is the same gateway. */
+START_TEST(test_new_gateway_on_same_stream) {
+  client *c = cl_open(); /* SYNC 5eed */
+  cl_exec(c, 1, json_pack("{s:s,s:[s],s:b}", "cmd", "sleep", "args", "100", "kill_on_disconnect",
+                          1));
+  cl_exec(c, 2, json_pack("{s:s,s:[s]}", "cmd", "sleep", "args", "100"));
+  while ((!c->s[1].started || !c->s[2].started) && cl_pump(c, 100))
+    ;
+  pid_t p1 = c->s[1].pid, p2 = c->s[2].pid;
+  /* a repeated SYNC of the same gateway changes nothing */
+  json_decref(c->hello);
+  c->hello = NULL;
+  cl_send_json(c, 0, SBX_F_SYNC, json_pack("{s:s}", "nonce", "5eed"));
+  while (!c->hello && cl_pump(c, 100))
+    ;
+  ck_assert_ptr_nonnull(c->hello);
+  usleep(200000);
+  ck_assert_int_eq(kill(p1, 0), 0);
+  /* another nonce: the kill_on_disconnect session goes, the other stays */
+  json_decref(c->hello);
+  c->hello = NULL;
+  cl_send_json(c, 0, SBX_F_SYNC, json_pack("{s:s}", "nonce", "0be1"));
+  while (!c->hello && cl_pump(c, 100))
+    ;
+  ck_assert_ptr_nonnull(c->hello);
+  ck_assert_str_eq(jstr(c->hello, "nonce"), "0be1");
+  ck_assert_msg(pid_gone(p1, 2000), "kill_on_disconnect session survived a new gateway");
+  ck_assert_int_eq(kill(p2, 0), 0);
+  kill(p2, SIGKILL);
+  cl_close(c);
+}
+END_TEST
+
 START_TEST(test_disconnect) {
   client *c = cl_open();
   cl_exec(c, 1, json_pack("{s:s,s:[s],s:b}", "cmd", "sleep", "args", "100", "kill_on_disconnect",
@@ -891,6 +927,7 @@ static Suite *agent_suite(void) {
   tcase_add_test(tc, test_tty);
   tcase_add_test(tc, test_concurrent_sessions);
   tcase_add_test(tc, test_disconnect);
+  tcase_add_test(tc, test_new_gateway_on_same_stream);
   tcase_add_test(tc, test_malformed);
   tcase_add_test(tc, test_zombies_reaped);
   suite_add_tcase(s, tc);
