@@ -393,6 +393,17 @@ sbx_sandbox *sbx_sandbox_start(sbx_client *c, const char *ref, sbx_error *err) {
   return sandbox_call(c, "POST", ref, "/start", err);
 }
 
+/* GET path into *r; -1 (err filled from the reply) unless it is a 200. */
+static int get_ok(sbx_client *c, const char *path, sbxc_reply *r, sbx_error *err) {
+  if (sbxc_http(c, "GET", path, NULL, 0, NULL, r, err) < 0)
+    return -1;
+  if (r->status != 200) {
+    sbxc_err_from_reply(err, r);
+    return -1;
+  }
+  return 0;
+}
+
 /* "{base}/{escaped id}{suffix}" or NULL (err filled; what names the id). */
 static char *obj_path(const char *base, const char *what, const char *id, const char *suffix,
                       sbx_error *err) {
@@ -428,12 +439,8 @@ int sbx_sandbox_logs(sbx_client *c, const char *ref, long tail_bytes, unsigned c
   if (!p)
     return -1;
   cleanup_reply sbxc_reply r;
-  if (sbxc_http(c, "GET", p, NULL, 0, NULL, &r, err) < 0)
+  if (get_ok(c, p, &r, err) < 0)
     return -1;
-  if (r.status != 200) {
-    sbxc_err_from_reply(err, &r);
-    return -1;
-  }
   *len = r.body.len;
   *data = steal_ptr(&r.body.data);
   return 0;
@@ -836,12 +843,8 @@ int sbx_exec_output(sbx_client *c, const char *id, const char *stream, uint64_t 
   if (!p)
     return -1;
   cleanup_reply sbxc_reply r;
-  if (sbxc_http(c, "GET", p, NULL, 0, NULL, &r, err) < 0)
+  if (get_ok(c, p, &r, err) < 0)
     return -1;
-  if (r.status != 200) {
-    sbxc_err_from_reply(err, &r);
-    return -1;
-  }
   if (first)
     *first = r.offset[0] ? strtoull(r.offset, NULL, 10) : offset;
   if (next)

@@ -634,17 +634,22 @@ static int ns_log_path(const sbx_sandbox_spec *s, char *out, size_t n, sbx_err *
   return 0;
 }
 
+int ns_connect_agent(const char *dir, const char *sock, sbx_err *err) {
+  int fd = ns_unix_connect(dir, sock);
+  if (fd >= 0)
+    return fd;
+  int e = errno;
+  const char *id = strrchr(dir, '/') + 1;
+  if (ns_live_pid(dir) <= 0)
+    return sbx_fail(err, SBX_E_NOT_RUNNING, e, "sandbox %s is not running", id);
+  return sbx_fail_errno(err, e, "connect to the agent of %s (%s)", id, sock);
+}
+
 static int ns_connect(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  int fd = ns_unix_connect(dir, NS_SOCK);
-  if (fd >= 0)
-    return fd;
-  int e = errno;
-  if (ns_live_pid(dir) <= 0)
-    return sbx_fail(err, SBX_E_NOT_RUNNING, e, "sandbox %s is not running", s->id);
-  return sbx_fail_errno(err, e, "ns: connect to the agent of %s", s->id);
+  return ns_connect_agent(dir, NS_SOCK, err);
 }
 
 const sbx_driver vmm_ns_driver = {

@@ -81,6 +81,9 @@ int ns_kill_sandbox(const char *dir, sbx_err *err);
  * it spawns (sbx-launch, QEMU, mkfs) starts with no signal blocked and every
  * disposition default.  flags: more POSIX_SPAWN_* flags to set. */
 void ns_spawn_clean(posix_spawnattr_t *at, short flags);
+/* Connect to the agent socket <dir>/<sock>: the fd, or -1 with err filled
+ * (kind sandbox_not_running when the pid file names no live process). */
+int ns_connect_agent(const char *dir, const char *sock, sbx_err *err);
 /* Remove a stopped sandbox's cgroups (path list in <dir>/cgroups) and dir. */
 int ns_remove_dir(const char *dir, sbx_err *err);
 /* unlink <dir>/<name>, ignoring errors. */

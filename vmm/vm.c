@@ -650,13 +650,7 @@ static int vm_connect(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  int fd = ns_unix_connect(dir, VM_AGENT_SOCK);
-  if (fd >= 0)
-    return fd;
-  int e = errno;
-  if (ns_live_pid(dir) <= 0)
-    return sbx_fail(err, SBX_E_NOT_RUNNING, e, "sandbox %s is not running", s->id);
-  return sbx_fail_errno(err, e, "vm: connect to the agent port of %s", s->id);
+  return ns_connect_agent(dir, VM_AGENT_SOCK, err);
 }
 
 static int vm_log_path(const sbx_sandbox_spec *s, char *out, size_t n, sbx_err *err) {
