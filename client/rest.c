@@ -482,22 +482,25 @@ const char *sbx_sandbox_label(const sbx_sandbox *s, const char *key) {
 }
 const char *sbx_sandbox_json(const sbx_sandbox *s) { return s->json; }
 
-struct sbx_sandbox_list {
-  sbx_sandbox **items;
+/* One page of a list route (sandboxes or execs): the items, wrapped by the
+ * caller's wrap(), the next cursor and the reply as received. */
+typedef struct page {
+  void **items;
   size_t n;
   char *cursor;
   char *json;
-};
+  void (*drop)(void *); /* frees one item */
+} page;
 
-void sbx_sandbox_list_free(sbx_sandbox_list *l) {
-  if (!l)
+static void page_free(page *p) {
+  if (!p)
     return;
-  for (size_t i = 0; i < l->n; i++)
-    sbx_sandbox_free(l->items[i]);
-  free(l->items);
-  free(l->cursor);
-  free(l->json);
-  free(l);
+  for (size_t i = 0; i < p->n; i++)
+    p->drop(p->items[i]);
+  free(p->items);
+  free(p->cursor);
+  free(p->json);
+  free(p);
 }
 
 /* Append "&name=escaped(value)" to a query string being built in b. */
@@ -514,22 +517,27 @@ static int query_add(cbuf *b, const char *name, const char *value) {
 
 static void cbuf_freep(cbuf *b) { cbuf_free(b); }
 
-sbx_sandbox_list *sbx_sandbox_list_get(sbx_client *c, const sbx_list_opts *o, sbx_error *err) {
+/* GET base?state=&label=...&limit=&cursor= (base already escaped) as a page;
+ * NULL with err filled. */
+static page *page_get(sbx_client *c, const char *base, const char *state,
+                      const char *const *labels, int limit, const char *cursor,
+                      void *(*wrap)(json_t *, sbx_error *), void (*drop)(void *),
+                      sbx_error *err) {
   __attribute__((cleanup(cbuf_freep))) cbuf q = {0};
   char num[32];
   int bad = 0;
-  if (o && o->state)
-    bad |= query_add(&q, "state", o->state);
-  for (const char *const *l = o ? o->labels : NULL; l && *l; l++)
+  if (state)
+    bad |= query_add(&q, "state", state);
+  for (const char *const *l = labels; l && *l; l++)
     bad |= query_add(&q, "label", *l);
-  if (o && o->limit) {
-    snprintf(num, sizeof num, "%d", o->limit);
+  if (limit) {
+    snprintf(num, sizeof num, "%d", limit);
     bad |= query_add(&q, "limit", num);
   }
-  if (o && o->cursor)
-    bad |= query_add(&q, "cursor", o->cursor);
+  if (cursor)
+    bad |= query_add(&q, "cursor", cursor);
   cleanup_cfree char *path = NULL;
-  if (bad || asprintf(&path, "/v1/sandboxes%s", q.data ? (char *)q.data : "") < 0) {
+  if (bad || asprintf(&path, "%s%s", base, q.data ? (char *)q.data : "") < 0) {
     path = NULL;
     sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
     return NULL;
@@ -542,34 +550,54 @@ sbx_sandbox_list *sbx_sandbox_list_get(sbx_client *c, const sbx_list_opts *o, sb
     sbxc_seterr(err, SBX_ERR_TRANSPORT, "list reply has no data array");
     return NULL;
   }
-  sbx_sandbox_list *l = calloc(1, sizeof *l);
-  if (!l || !(l->items = calloc(json_array_size(data) + 1, sizeof *l->items)) ||
-      !(l->json = json_dumps(j, JSON_COMPACT))) {
-    sbx_sandbox_list_free(l);
+  page *p = calloc(1, sizeof *p);
+  if (p)
+    p->drop = drop;
+  if (!p || !(p->items = calloc(json_array_size(data) + 1, sizeof *p->items)) ||
+      !(p->json = json_dumps(j, JSON_COMPACT))) {
+    page_free(p);
     sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
     return NULL;
   }
   size_t i;
   json_t *v;
   json_array_foreach(data, i, v) {
-    if (!(l->items[l->n] = sandbox_wrap(v, err))) {
-      sbx_sandbox_list_free(l);
+    if (!(p->items[p->n] = wrap(v, err))) {
+      page_free(p);
       return NULL;
     }
-    l->n++;
+    p->n++;
   }
   const char *cur = jstr(j, "next_cursor");
   if (cur && *cur)
-    l->cursor = strdup(cur);
-  return l;
+    p->cursor = strdup(cur);
+  return p;
 }
 
-size_t sbx_sandbox_list_count(const sbx_sandbox_list *l) { return l->n; }
-const sbx_sandbox *sbx_sandbox_list_at(const sbx_sandbox_list *l, size_t i) {
-  return i < l->n ? l->items[i] : NULL;
+struct sbx_sandbox_list {
+  page p;
+};
+
+static void *sandbox_wrap_any(json_t *j, sbx_error *err) { return sandbox_wrap(j, err); }
+static void sandbox_free_any(void *s) { sbx_sandbox_free(s); }
+
+/* Both list types are a page under their own name (the page is their only
+ * member, so a page pointer is one of them). */
+void sbx_sandbox_list_free(sbx_sandbox_list *l) { page_free(l ? &l->p : NULL); }
+
+sbx_sandbox_list *sbx_sandbox_list_get(sbx_client *c, const sbx_list_opts *o, sbx_error *err) {
+  page *p = page_get(c, "/v1/sandboxes", o ? o->state : NULL, o ? o->labels : NULL,
+                     o ? o->limit : 0, o ? o->cursor : NULL, sandbox_wrap_any, sandbox_free_any,
+                     err);
+  return (sbx_sandbox_list *)p;
 }
-const char *sbx_sandbox_list_next_cursor(const sbx_sandbox_list *l) { return l->cursor; }
-const char *sbx_sandbox_list_json(const sbx_sandbox_list *l) { return l->json; }
+
+size_t sbx_sandbox_list_count(const sbx_sandbox_list *l) { return l->p.n; }
+const sbx_sandbox *sbx_sandbox_list_at(const sbx_sandbox_list *l, size_t i) {
+  return i < l->p.n ? l->p.items[i] : NULL;
+}
+const char *sbx_sandbox_list_next_cursor(const sbx_sandbox_list *l) { return l->p.cursor; }
+const char *sbx_sandbox_list_json(const sbx_sandbox_list *l) { return l->p.json; }
 
 /* ---- one-shot exec ------------------------------------------------------------------------ */
 
@@ -857,83 +885,29 @@ int sbx_exec_output(sbx_client *c, const char *id, const char *stream, uint64_t 
 }
 
 struct sbx_exec_list {
-  sbx_exec_info **items;
-  size_t n;
-  char *cursor;
-  char *json;
+  page p;
 };
 
-void sbx_exec_list_free(sbx_exec_list *l) {
-  if (!l)
-    return;
-  for (size_t i = 0; i < l->n; i++)
-    sbx_exec_info_free(l->items[i]);
-  free(l->items);
-  free(l->cursor);
-  free(l->json);
-  free(l);
-}
+static void *info_wrap_any(json_t *j, sbx_error *err) { return info_wrap(j, err); }
+static void info_free_any(void *e) { sbx_exec_info_free(e); }
+
+void sbx_exec_list_free(sbx_exec_list *l) { page_free(l ? &l->p : NULL); }
 
 sbx_exec_list *sbx_exec_list_get(sbx_client *c, const char *ref, const char *state, int limit,
                                  const char *cursor, sbx_error *err) {
-  if (!ref || !*ref) {
-    sbxc_seterr(err, SBX_ERR_INVALID_REQUEST, "empty sandbox reference");
+  cleanup_cfree char *base = obj_path("/v1/sandboxes", "sandbox reference", ref, "/execs", err);
+  if (!base)
     return NULL;
-  }
-  __attribute__((cleanup(cbuf_freep))) cbuf q = {0};
-  char num[32];
-  int bad = 0;
-  if (state)
-    bad |= query_add(&q, "state", state);
-  if (limit) {
-    snprintf(num, sizeof num, "%d", limit);
-    bad |= query_add(&q, "limit", num);
-  }
-  if (cursor)
-    bad |= query_add(&q, "cursor", cursor);
-  cleanup_cfree char *e = sbxc_escape(ref);
-  cleanup_cfree char *path = NULL;
-  if (bad || !e || asprintf(&path, "/v1/sandboxes/%s/execs%s", e, q.data ? (char *)q.data : "") < 0) {
-    path = NULL;
-    sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
-    return NULL;
-  }
-  cleanup_json json_t *j = call_json(c, "GET", path, NULL, NULL, err);
-  if (!j)
-    return NULL;
-  json_t *data = json_object_get(j, "data");
-  if (!json_is_array(data)) {
-    sbxc_seterr(err, SBX_ERR_TRANSPORT, "list reply has no data array");
-    return NULL;
-  }
-  sbx_exec_list *l = calloc(1, sizeof *l);
-  if (!l || !(l->items = calloc(json_array_size(data) + 1, sizeof *l->items)) ||
-      !(l->json = json_dumps(j, JSON_COMPACT))) {
-    sbx_exec_list_free(l);
-    sbxc_seterr(err, SBX_ERR_INTERNAL, "out of memory");
-    return NULL;
-  }
-  size_t i;
-  json_t *v;
-  json_array_foreach(data, i, v) {
-    if (!(l->items[l->n] = info_wrap(v, err))) {
-      sbx_exec_list_free(l);
-      return NULL;
-    }
-    l->n++;
-  }
-  const char *cur = jstr(j, "next_cursor");
-  if (cur && *cur)
-    l->cursor = strdup(cur);
-  return l;
+  return (sbx_exec_list *)page_get(c, base, state, NULL, limit, cursor, info_wrap_any,
+                                   info_free_any, err);
 }
 
-size_t sbx_exec_list_count(const sbx_exec_list *l) { return l->n; }
+size_t sbx_exec_list_count(const sbx_exec_list *l) { return l->p.n; }
 const sbx_exec_info *sbx_exec_list_at(const sbx_exec_list *l, size_t i) {
-  return i < l->n ? l->items[i] : NULL;
+  return i < l->p.n ? l->p.items[i] : NULL;
 }
-const char *sbx_exec_list_next_cursor(const sbx_exec_list *l) { return l->cursor; }
-const char *sbx_exec_list_json(const sbx_exec_list *l) { return l->json; }
+const char *sbx_exec_list_next_cursor(const sbx_exec_list *l) { return l->p.cursor; }
+const char *sbx_exec_list_json(const sbx_exec_list *l) { return l->p.json; }
 
 const char *sbx_exec_info_id(const sbx_exec_info *e) { return jstr(e->j, "exec_id"); }
 const char *sbx_exec_info_sandbox_id(const sbx_exec_info *e) { return jstr(e->j, "sandbox_id"); }
