@@ -125,10 +125,9 @@ int store_exec_get(store *s, const char *exec_id, json_t **out, sbx_err *err) {
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_get, &st, err) < 0)
     return -1;
-  int rc = sqlite3_bind_text(st, 1, exec_id, -1, SQLITE_TRANSIENT);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "bind");
-  rc = sqlite3_step(st);
+  if (store_bind_texts(s, st, err, 1, exec_id) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
   if (rc == SQLITE_DONE)
     return sbx_fail(err, SBX_E_EXEC_NOT_FOUND, 0, "no exec \"%s\"", exec_id);
   if (rc != SQLITE_ROW)
@@ -180,14 +179,9 @@ int store_exec_end_running(store *s, const char *sandbox_id, const char *state, 
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_end_running, &st, err) < 0)
     return -1;
-  int rc = sqlite3_bind_text(st, 1, sandbox_id, -1, SQLITE_TRANSIENT);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_bind_text(st, 2, state, -1, SQLITE_TRANSIENT);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_bind_text(st, 3, now, -1, SQLITE_TRANSIENT);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "bind");
-  rc = sqlite3_step(st);
+  if (store_bind_texts(s, st, err, 3, sandbox_id, state, now) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
   if (rc != SQLITE_DONE)
     return store_sql_fail(s, rc, err, "end running execs");
   int changed = sqlite3_changes(s->db);

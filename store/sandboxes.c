@@ -108,10 +108,9 @@ int store_sandbox_get(store *s, const char *ref, json_t **out, sbx_err *err) {
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_get, &st, err) < 0)
     return -1;
-  int rc = sqlite3_bind_text(st, 1, ref, -1, SQLITE_TRANSIENT);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "bind");
-  rc = sqlite3_step(st);
+  if (store_bind_texts(s, st, err, 1, ref) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
   if (rc == SQLITE_DONE)
     return sbx_fail(err, SBX_E_SANDBOX_NOT_FOUND, 0, "no sandbox \"%s\"", ref);
   if (rc != SQLITE_ROW)
@@ -164,16 +163,9 @@ int store_sandbox_set_state(store *s, const char *id, const char *state, const c
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_set_state, &st, err) < 0)
     return -1;
-  int rc = sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_bind_text(st, 2, state, -1, SQLITE_TRANSIENT);
-  if (rc == SQLITE_OK)
-    rc = sqlite3_bind_text(st, 3, now, -1, SQLITE_TRANSIENT);
-  if (rc == SQLITE_OK)
-    rc = error ? sqlite3_bind_text(st, 4, error, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, 4);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "bind");
-  rc = sqlite3_step(st);
+  if (store_bind_texts(s, st, err, 4, id, state, now, error) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
   if (rc != SQLITE_DONE)
     return store_sql_fail(s, rc, err, "set sandbox state");
   if (sqlite3_changes(s->db) == 0)
@@ -188,10 +180,9 @@ int store_sandbox_delete(store *s, const char *id, sbx_err *err) {
   cleanup_stmt_reset sqlite3_stmt *st = NULL;
   if (store_prepare(s, sql_delete, &st, err) < 0)
     return -1;
-  int rc = sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-  if (rc != SQLITE_OK)
-    return store_sql_fail(s, rc, err, "bind");
-  rc = sqlite3_step(st);
+  if (store_bind_texts(s, st, err, 1, id) < 0)
+    return -1;
+  int rc = sqlite3_step(st);
   if (rc != SQLITE_DONE)
     return store_sql_fail(s, rc, err, "delete sandbox");
   if (sqlite3_changes(s->db) == 0)

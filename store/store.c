@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -80,6 +81,18 @@ int store_sql_fail(store *s, int rc, sbx_err *err, const char *what) {
     return sbx_fail(err, SBX_E_CAPACITY, 0, "database busy (%s)", what);
   return sbx_fail(err, SBX_E_INTERNAL, 0, "store: %s: %s", what,
                   s && s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+}
+
+int store_bind_texts(store *s, sqlite3_stmt *st, sbx_err *err, int n, ...) {
+  va_list ap;
+  va_start(ap, n);
+  int rc = SQLITE_OK;
+  for (int i = 1; i <= n && rc == SQLITE_OK; i++) {
+    const char *v = va_arg(ap, const char *);
+    rc = v ? sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+  }
+  va_end(ap);
+  return rc == SQLITE_OK ? 0 : store_sql_fail(s, rc, err, "bind");
 }
 
 /* ---- transactions ---- */

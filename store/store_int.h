@@ -56,6 +56,10 @@ void store_stmt_finalizep(sqlite3_stmt **st);
  * with sqlite3_errmsg.  `what` names the operation.  Returns -1. */
 int store_sql_fail(store *s, int rc, sbx_err *err, const char *what);
 
+/* Bind text parameters 1..n of st in order (a NULL value binds SQL NULL).
+ * 0, or -1 with err filled. */
+int store_bind_texts(store *s, sqlite3_stmt *st, sbx_err *err, int n, ...);
+
 /* ---- write transactions ---- */
 /* BEGIN IMMEDIATE takes the write lock up front, so a writer waits in the busy
  * handler instead of failing later with an unretryable BUSY_SNAPSHOT.  A
