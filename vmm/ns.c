@@ -340,23 +340,24 @@ int ns_lock_dir(const char *dir) {
   return fd;
 }
 
-int ns_remove_dir(const char *dir, sbx_err *err) {
+int ns_stop_dir(const char *dir, bool destroy, int (*stop_locked)(const char *, sbx_err *),
+                sbx_err *err) {
+  cleanup_fd int lock = ns_lock_dir(dir);
+  if (lock < 0) {
+    if (errno == ENOENT)
+      return 0; /* never created, or destroyed already: nothing runs */
+    return sbx_fail_errno(err, errno, "lock %s", dir);
+  }
+  if (stop_locked(dir, err) < 0)
+    return -1;
+  if (!destroy)
+    return 0;
   cleanup_str char *cg = ns_read_cgroups(dir);
   if (cg && cgroup_remove(cg, err) < 0)
     return -1;
   if (sbx_rm_rf(dir) < 0)
     return sbx_fail_errno(err, errno, "remove %s", dir);
   return 0;
-}
-
-int ns_lock_existing(const char *dir, bool *gone, sbx_err *err) {
-  *gone = false;
-  int fd = ns_lock_dir(dir);
-  if (fd < 0 && errno == ENOENT)
-    *gone = true;
-  else if (fd < 0)
-    sbx_fail_errno(err, errno, "lock %s", dir);
-  return fd;
 }
 
 /* Where sbx-launch is: $SBX_LAUNCH, else next to the running executable. */
@@ -598,24 +599,14 @@ static int ns_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  bool gone;
-  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
-  if (lock < 0)
-    return gone ? 0 : -1; /* never created or destroyed: nothing runs */
-  return stop_locked(dir, err);
+  return ns_stop_dir(dir, false, stop_locked, err);
 }
 
 static int ns_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  bool gone;
-  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
-  if (lock < 0)
-    return gone ? 0 : -1; /* already gone */
-  if (stop_locked(dir, err) < 0)
-    return -1;
-  return ns_remove_dir(dir, err);
+  return ns_stop_dir(dir, true, stop_locked, err);
 }
 
 static bool ns_alive(const sbx_sandbox_spec *s) {

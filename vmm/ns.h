@@ -71,9 +71,11 @@ int ns_lock_dir(const char *dir);
 /* The pid in <dir>/pid if it names a live process started at the recorded
  * time (so a reused pid is never taken for ours), else 0. */
 pid_t ns_live_pid(const char *dir);
-/* For stop and destroy: lock a sandbox dir that may be gone.  The locked fd;
- * or -1 with *gone set (no dir: nothing to do), or -1 with err filled. */
-int ns_lock_existing(const char *dir, bool *gone, sbx_err *err);
+/* Stop (and with destroy, then remove the cgroups and the dir of) the
+ * sandbox at dir under its lock, stopping with the driver's stop_locked.
+ * A dir that does not exist is a success: nothing runs there. */
+int ns_stop_dir(const char *dir, bool destroy, int (*stop_locked)(const char *, sbx_err *),
+                sbx_err *err);
 /* SIGKILL the process the pid file names (the ns agent, a VM's QEMU) and
  * everything in the sandbox's cgroups, and wait up to 5 s until all are gone. */
 int ns_kill_sandbox(const char *dir, sbx_err *err);
@@ -84,8 +86,6 @@ void ns_spawn_clean(posix_spawnattr_t *at, short flags);
 /* Connect to the agent socket <dir>/<sock>: the fd, or -1 with err filled
  * (kind sandbox_not_running when the pid file names no live process). */
 int ns_connect_agent(const char *dir, const char *sock, sbx_err *err);
-/* Remove a stopped sandbox's cgroups (path list in <dir>/cgroups) and dir. */
-int ns_remove_dir(const char *dir, sbx_err *err);
 /* unlink <dir>/<name>, ignoring errors. */
 void ns_unlink_in(const char *dir, const char *name);
 /* The cgroup path list kept in <dir>/cgroups (malloc'd), or NULL. */

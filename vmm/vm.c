@@ -621,24 +621,14 @@ static int vm_stop(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  bool gone;
-  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
-  if (lock < 0)
-    return gone ? 0 : -1;
-  return stop_locked(dir, err);
+  return ns_stop_dir(dir, false, stop_locked, err);
 }
 
 static int vm_destroy(const sbx_sandbox_spec *s, sbx_err *err) {
   char dir[PATH_MAX];
   if (sandbox_dir(s, dir, sizeof dir, err) < 0)
     return -1;
-  bool gone;
-  cleanup_fd int lock = ns_lock_existing(dir, &gone, err);
-  if (lock < 0)
-    return gone ? 0 : -1;
-  if (stop_locked(dir, err) < 0)
-    return -1;
-  return ns_remove_dir(dir, err);
+  return ns_stop_dir(dir, true, stop_locked, err);
 }
 
 static bool vm_alive(const sbx_sandbox_spec *s) {
