@@ -59,14 +59,8 @@ static enum MHD_Result control_error(http_req *r) {
 
 /* ------------------------------------------------------------------- wait */
 
-static enum MHD_Result wait_done(http_req *r) {
-  enum MHD_Result ret;
-  json_t *ex = route_exec_record(r, &ret);
-  if (!ex)
-    return ret;
-  route_exec_live_counts(ex);
-  return http_reply_json(r, 200, ex);
-}
+/* The wait is over (ended, or timed out): the record as GET /v1/execs/{id}. */
+static enum MHD_Result wait_done(http_req *r) { return route_exec_get(r, NULL); }
 
 enum MHD_Result route_exec_wait(http_req *r, json_t *body) {
   enum MHD_Result ret;
